@@ -1,0 +1,16 @@
+import pytest
+
+from udet_core.profiles import get_profile
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    return get_profile("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny):
+    """One tiny udet-mini build shared by the whole session (the notebook test reuses its cache)."""
+    from udet_core.benchmark import build_benchmark
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    return run_dir, build_benchmark(tiny, run_dir, progress=False)

@@ -1,0 +1,403 @@
+"""udet-mini, the embedded benchmark: real crops of bundled photographs plus fakes from five generator
+families that the workbench trains itself on train-domain crops (DESIGN §3).
+
+Families (mechanism -> fingerprint):
+  gan      DCGAN, transposed-convolution upsampling          unconditional
+  ddpm     pixel-space DDPM sampled with DDIM                unconditional
+  ldm      latent diffusion: the SD Image Variation stand-in  conditioned on a real crop's CLIP embedding
+  aligned  AutoencoderKL round trip of real crops             "aligned" fakes (AEROBLADE / AlignedForensics)
+  sdedit   real crops partly re-noised + denoised (pixel DDPM)
+
+Every model is cached by the hash of its config under `<run_dir>/artifacts/`, checkpoints while training and
+resumes; the benchmark itself is cached by the hash of the whole profile.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from .progress import tqdm
+
+from .data.explain import explain, reference_stats
+from .data.images import save_png, to_tensor, to_uint8
+from .data.manifest import FAKE, REAL, new_manifest, read_manifest, write_manifest
+from .data.sources import PHOTOS, caption_for, check_split_photos, random_crops
+from .models.backbones import (ImageVariation, build_ddim, build_image_variation, build_pixel_unet, build_vae,
+                               load_image_variation)
+from .models.gan import Discriminator, Generator
+from .models.sampling import ddim_sample, seeded_noise
+from .profiles import Profile, config_dict
+from .runs import Artifact, Timer, atomic_write_json, atomic_write_text
+from .train import Objective, fit
+
+FAMILIES = ("gan", "ddpm", "ldm", "aligned", "sdedit")
+CONDITIONAL = ("ldm", "aligned", "sdedit")   # made from a real crop of the split's photos
+SPLIT_ID = {"train": 1, "val": 2, "test": 3}
+GENERATOR_POOL = 2048                          # train-domain crops the generators learn from
+
+
+def _rng(seed: int, *stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *stream])
+
+
+def generator_pool(p: Profile) -> torch.Tensor:
+    """Train-split real crops (a larger pool than the manifest's) on which every generator is trained."""
+    n = GENERATOR_POOL if p.name != "tiny" else 64
+    crops, _ = random_crops(p.data.split_photos["train"], n, p.data.resolution, p.data.crop_scales, _rng(p.seed, 99))
+    return to_tensor(crops)
+
+
+# ---------------------------------------------------------------- generator training
+
+class _VAEWithKL(nn.Module):
+    """AutoencoderKL forward that also returns the KL term (so DDP sees one forward call)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x):
+        post = self.vae.encode(x).latent_dist
+        return self.vae.decode(post.sample()).sample, post.kl().mean()
+
+
+def train_vae(p: Profile, pool: torch.Tensor, out_dir, progress=True):
+    """AutoencoderKL: L1 + L2 reconstruction + a small KL; sets the latent scaling factor to 1/std."""
+    cfg = p.vae
+    torch.manual_seed(p.seed)
+    vae = build_vae(cfg, p.data.resolution)
+    wrapped = _VAEWithKL(vae)
+
+    def loss(m, x):
+        rec, kl = m["vae"](x)
+        return F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg.kl_weight * kl
+
+    hist = fit({"vae": wrapped}, [Objective("vae", loss, [{"params": vae.parameters()}], lr=cfg.lr)], pool,
+               steps=cfg.steps, batch_size=cfg.batch_size, seed=p.seed, out_dir=out_dir,
+               checkpoint_every=max(50, cfg.steps // 4), desc="train AutoencoderKL", progress=progress)
+    with torch.no_grad():
+        z = torch.cat([vae.encode(b).latent_dist.mode() for b in pool.split(256)])
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    return vae, hist
+
+
+def train_image_variation(p: Profile, vae, pool: torch.Tensor, out_dir, progress=True):
+    """Image-variation objective: denoise the latent of x conditioned on CLIP(x); encoder trained jointly."""
+    cfg = p.sdiv
+    torch.manual_seed(p.seed + 1)
+    iv = build_image_variation(cfg, vae, p.data.resolution)
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(b).latent_dist.mode() for b in pool.split(256)]) * iv.latent_scale
+    sched = iv.scheduler
+
+    def loss(m, batch):
+        z0, x = batch
+        noise = torch.randn_like(z0)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(z0),), device=z0.device)
+        emb = m["image_encoder"](iv.clip_pixels(x)).image_embeds.unsqueeze(1)
+        pred = m["unet"](sched.add_noise(z0, noise, t), t, encoder_hidden_states=emb).sample
+        return F.mse_loss(pred, noise)
+
+    params = [{"params": iv.unet.parameters()}, {"params": iv.image_encoder.parameters()}]
+    hist = fit({"unet": iv.unet, "image_encoder": iv.image_encoder}, [Objective("eps_mse", loss, params, lr=cfg.lr)],
+               (latents, pool), steps=cfg.steps, batch_size=cfg.batch_size, seed=p.seed + 1, out_dir=out_dir,
+               checkpoint_every=max(50, cfg.steps // 4), desc="train SD image-variation UNet", progress=progress)
+    return iv, hist
+
+
+def train_pixel_ddpm(p: Profile, pool: torch.Tensor, out_dir, progress=True):
+    """Pixel-space DDPM with the epsilon objective (Ho et al. 2020)."""
+    cfg = p.pixel
+    torch.manual_seed(p.seed + 2)
+    unet = build_pixel_unet(cfg, p.data.resolution)
+    sched = build_ddim(cfg.num_train_timesteps, latent=False)
+
+    def loss(m, x):
+        noise = torch.randn_like(x)
+        t = torch.randint(0, cfg.num_train_timesteps, (len(x),), device=x.device)
+        return F.mse_loss(m["unet"](sched.add_noise(x, noise, t), t).sample, noise)
+
+    hist = fit({"unet": unet}, [Objective("eps_mse", loss, [{"params": unet.parameters()}], lr=cfg.lr)], pool,
+               steps=cfg.steps, batch_size=cfg.batch_size, seed=p.seed + 2, out_dir=out_dir,
+               checkpoint_every=max(50, cfg.steps // 4), desc="train pixel DDPM", progress=progress)
+    return unet, sched, hist
+
+
+def train_gan(p: Profile, pool: torch.Tensor, out_dir, progress=True):
+    """DCGAN with the non-saturating loss."""
+    cfg = p.gan
+    torch.manual_seed(p.seed + 3)
+    G, D = Generator(cfg.nz, cfg.ngf, p.data.resolution), Discriminator(cfg.ndf, p.data.resolution)
+
+    def d_loss(m, x):
+        with torch.no_grad():
+            fake = m["G"](torch.randn(len(x), cfg.nz, device=x.device))
+        return F.softplus(-m["D"](x)).mean() + F.softplus(m["D"](fake)).mean()
+
+    def g_loss(m, x):
+        return F.softplus(-m["D"](m["G"](torch.randn(len(x), cfg.nz, device=x.device)))).mean()
+
+    objectives = [Objective("d_loss", d_loss, [{"params": D.parameters()}], lr=cfg.lr, max_grad_norm=None),
+                  Objective("g_loss", g_loss, [{"params": G.parameters()}], lr=cfg.lr, max_grad_norm=None)]
+    for o in objectives:
+        o.params[0]["betas"] = (0.5, 0.999)
+    hist = fit({"G": G, "D": D}, objectives, pool, steps=cfg.steps, batch_size=cfg.batch_size, seed=p.seed + 3,
+               out_dir=out_dir, checkpoint_every=max(100, cfg.steps // 4), desc="train DCGAN", progress=progress)
+    return G, hist
+
+
+# ---------------------------------------------------------------- cached models
+
+@dataclass
+class Generators:
+    """The trained models behind udet-mini (paths so later notebooks can load them)."""
+    vae_path: Path
+    image_variation_path: Path
+    pixel_ddpm_path: Path
+    gan_path: Path
+
+
+def _cached(run_dir, name, cfgs, build, progress, force):
+    """Build an artifact unless a finished one with the same config exists; returns its folder."""
+    art = Artifact(run_dir, name, *cfgs)
+    if art.done and not force:
+        return art.path
+    out = art.begin()
+    timer = Timer()
+    with timer(name):
+        history = build(out)
+    atomic_write_json(out / "history.json", history)
+    return art.commit(timings_s=timer.timings, final=history[-1] if history else {})
+
+
+def train_generators(p: Profile, run_dir, progress=True, force=False) -> Generators:
+    """Train (or reuse) the AutoencoderKL, the SD Image Variation stand-in, the pixel DDPM and the DCGAN."""
+    from diffusers import AutoencoderKL, DDPMPipeline
+    from safetensors.torch import save_file
+    pool = generator_pool(p)
+    base = (p.data, p.seed)
+
+    def vae_build(out):
+        vae, hist = train_vae(p, pool, out, progress)
+        vae.save_pretrained(out / "vae", safe_serialization=True)
+        return hist
+    vae_path = _cached(run_dir, "vae", (p.vae, *base), vae_build, progress, force) / "vae"
+
+    def iv_build(out):
+        iv, hist = train_image_variation(p, AutoencoderKL.from_pretrained(vae_path), pool, out, progress)
+        iv.save(out / "pipeline")
+        return hist
+    iv_path = _cached(run_dir, "sd-image-variation", (p.vae, p.sdiv, *base), iv_build, progress, force) / "pipeline"
+
+    def ddpm_build(out):
+        unet, sched, hist = train_pixel_ddpm(p, pool, out, progress)
+        DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(out / "pipeline", safe_serialization=True)
+        return hist
+    ddpm_path = _cached(run_dir, "pixel-ddpm", (p.pixel, *base), ddpm_build, progress, force) / "pipeline"
+
+    def gan_build(out):
+        G, hist = train_gan(p, pool, out, progress)
+        save_file(G.state_dict(), str(out / "generator.safetensors"))
+        return hist
+    gan_path = _cached(run_dir, "dcgan", (p.gan, *base), gan_build, progress, force) / "generator.safetensors"
+    return Generators(vae_path, iv_path, ddpm_path, gan_path)
+
+
+def load_generators(p: Profile, g: Generators):
+    """Load the trained models: dict(vae, iv, ddpm_unet, ddpm_scheduler, gan)."""
+    from diffusers import AutoencoderKL, DDPMPipeline
+    from safetensors.torch import load_file
+    ddpm = DDPMPipeline.from_pretrained(str(g.pixel_ddpm_path))
+    G = Generator(p.gan.nz, p.gan.ngf, p.data.resolution)
+    G.load_state_dict(load_file(str(g.gan_path)))
+    return {"vae": AutoencoderKL.from_pretrained(str(g.vae_path)).eval(), "iv": load_image_variation(g.image_variation_path),
+            "ddpm_unet": ddpm.unet.eval(), "ddpm_scheduler": build_ddim(p.pixel.num_train_timesteps, latent=False),
+            "gan": G.eval()}
+
+
+# ---------------------------------------------------------------- family samplers (batch -> uint8 images)
+
+@torch.no_grad()
+def sample_family(family: str, models: dict, p: Profile, seeds, real_crops: np.ndarray | None) -> np.ndarray:
+    """Generate one batch of `family` fakes; conditional families transform `real_crops`."""
+    f, R = p.families, p.data.resolution
+    if family == "gan":
+        G = models["gan"]
+        return to_uint8(G(seeded_noise((G.nz,), seeds)))
+    if family == "ddpm":
+        unet = models["ddpm_unet"]
+        return to_uint8(ddim_sample(lambda x, t: unet(x, t).sample, models["ddpm_scheduler"],
+                                    seeded_noise((3, R, R), seeds), f.sample_steps))
+    x = to_tensor(real_crops)
+    if family == "aligned":
+        vae = models["vae"]
+        return to_uint8(vae.decode(vae.encode(x).latent_dist.mode()).sample)
+    if family == "sdedit":
+        unet = models["ddpm_unet"]
+        return to_uint8(ddim_sample(lambda z, t: unet(z, t).sample, models["ddpm_scheduler"],
+                                    seeded_noise((3, R, R), seeds), f.sample_steps, start=x, strength=f.sdedit_strength))
+    if family == "ldm":
+        iv: ImageVariation = models["iv"]
+        emb = iv.image_embeddings(x)
+        down = 2 ** (len(iv.vae.config.block_out_channels) - 1)
+        noise = seeded_noise((iv.vae.config.latent_channels, R // down, R // down), seeds)
+        z = ddim_sample(lambda z, t: iv.unet(z, t, encoder_hidden_states=emb).sample, iv.scheduler, noise,
+                        f.sample_steps)
+        return to_uint8(iv.vae.decode(z / iv.latent_scale).sample)
+    raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
+
+
+def generator_name(family: str, p: Profile) -> str:
+    return {"gan": "dcgan-convtranspose", "ddpm": f"pixel-ddpm-ddim{p.families.sample_steps}",
+            "ldm": f"sd-image-variation-standin-ddim{p.families.sample_steps}", "aligned": "autoencoderkl-roundtrip",
+            "sdedit": f"pixel-ddpm-sdedit{p.families.sdedit_strength:g}"}[family]
+
+
+# ---------------------------------------------------------------- the benchmark
+
+@dataclass
+class Benchmark:
+    root: Path
+    manifest_path: Path
+    generators: Generators
+
+    @property
+    def manifest(self):
+        return read_manifest(self.manifest_path)
+
+
+def _domain(split: str) -> str:
+    return "test" if split == "test" else "train"
+
+
+def _real_rows(p: Profile, root: Path, progress: bool):
+    rows, images = [], {}
+    for split, n in p.data.n_real.items():
+        crops, meta = random_crops(p.data.split_photos[split], n, p.data.resolution, p.data.crop_scales,
+                                   _rng(p.seed, SPLIT_ID[split]))
+        images[split] = crops
+        for i, (a, m) in enumerate(zip(tqdm(crops, desc=f"real {split} crops", disable=not progress), meta)):
+            rel = f"real/{split}/{m['source']}_{i:05d}.png"
+            save_png(a, root / rel)
+            rows.append({"path": rel, "label": REAL, "family": "real", "generator": "camera", "domain": _domain(split),
+                         "split": split, "role": "real", "source": m["source"], "seed": p.seed,
+                         "caption": caption_for(m["source"], m["scale"])})
+    return rows, images
+
+
+def _fake_rows(p: Profile, family: str, models: dict, root: Path, ref: dict, progress: bool):
+    f = p.families
+    role = "seen" if family in f.seen else "held_out"
+    splits = ("train", "val", "test") if role == "seen" else ("test",)
+    rows = []
+    for split in splits:
+        n = f.n_fake[split]
+        crops, meta = (None, [None] * n)
+        if family in CONDITIONAL:  # a fresh crop stream (never the real set's own crops)
+            crops, meta = random_crops(p.data.split_photos[split], n, p.data.resolution, p.data.crop_scales,
+                                       _rng(p.seed, 10 + SPLIT_ID[split], FAMILIES.index(family)))
+        seeds = [p.seed * 1_000_000 + FAMILIES.index(family) * 100_000 + SPLIT_ID[split] * 10_000 + i
+                 for i in range(n)]
+        n_batches = math.ceil(n / f.batch_size)
+        for b in tqdm(range(n_batches), desc=f"{family} {split}", disable=not progress):
+            sl = slice(b * f.batch_size, (b + 1) * f.batch_size)
+            out = sample_family(family, models, p, seeds[sl], None if crops is None else crops[sl])
+            for j, (a, text, m) in enumerate(zip(out, explain(out, family, ref), meta[sl])):
+                i = b * f.batch_size + j
+                rel = f"fake/{family}/{split}/{i:05d}.png"
+                save_png(a, root / rel)
+                rows.append({"path": rel, "label": FAKE, "family": family, "generator": generator_name(family, p),
+                             "domain": _domain(split) if m else "train", "split": split, "role": role,
+                             "source": m["source"] if m else "", "seed": seeds[i],
+                             "caption": caption_for(m["source"], m["scale"]) if m else "an unconditional sample",
+                             "explanation": text})
+    return rows
+
+
+def build_benchmark(p: Profile, run_dir, progress: bool = True, force: bool = False) -> Benchmark:
+    """Build (or reuse) udet-mini for profile `p` under `run_dir`; returns its manifest and generator paths."""
+    check_split_photos(p.data.split_photos)
+    unknown = (set(p.families.seen) | set(p.families.held_out)) - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"unknown families {sorted(unknown)}; known: {FAMILIES}")
+    gens = train_generators(p, run_dir, progress, force)
+    art = Artifact(run_dir, "udet-mini", p)
+    if art.done and not force:
+        return Benchmark(art.path, art.path / "manifest.csv", gens)
+    root = art.begin()
+    timer = Timer()
+    models = load_generators(p, gens)
+    with timer("real_crops"):
+        rows, real_images = _real_rows(p, root, progress)
+    ref = reference_stats(real_images["train"])
+    for r, text in zip(rows, [t for s in real_images for t in explain(real_images[s], "real", ref)]):
+        r["explanation"] = text
+    for family in (*p.families.seen, *p.families.held_out):
+        with timer(f"fakes_{family}"):
+            rows += _fake_rows(p, family, models, root, ref, progress)
+    df = new_manifest(rows)
+    write_manifest(df, root / "manifest.csv")
+    atomic_write_json(root / "reference_stats.json", ref)
+    atomic_write_text(root / "README.md", data_card(p, df, gens))
+    art.commit(timings_s=timer.timings, profile=config_dict(p), generators={k: str(v) for k, v in vars(gens).items()})
+    return Benchmark(art.path, art.path / "manifest.csv", gens)
+
+
+def counts_table(df):
+    """Images per family x split (with role), the benchmark's shape at a glance."""
+    t = df.pivot_table(index=["role", "family"], columns="split", values="path", aggfunc="count", fill_value=0)
+    t = t.reindex(columns=[c for c in ("train", "val", "test") if c in t.columns])
+    t["total"] = t.sum(axis=1)
+    return t.reset_index()
+
+
+def data_card(p: Profile, df, gens: Generators) -> str:
+    """The generated data card: sources, licences, counts, splits, and what is synthetic."""
+    photos = "\n".join(f"| {name} | {split} | {PHOTOS[name].origin} | {PHOTOS[name].licence} |"
+                       for split, names in p.data.split_photos.items() for name in names)
+    fams = "\n".join(f"| {f} | {generator_name(f, p)} | {'seen (train/val/test)' if f in p.families.seen else 'held out (test only)'} |"
+                     for f in (*p.families.seen, *p.families.held_out))
+    return f"""# udet-mini data card (profile `{p.name}`, seed {p.seed})
+
+Generated by `udet_core.benchmark.build_benchmark`. **A synthetic stand-in benchmark**: small real crops and
+fakes from small generators trained here on CPU. Results on it show that code paths and effects are
+measurable; they are not comparable with numbers on GenImage, DiffusionForensics or FakeClue.
+
+## Real images
+{p.data.resolution}x{p.data.resolution} px crops (Lanczos-resized, crop side {list(p.data.crop_scales)} of the photo's
+short side, random position) of colour photographs bundled with scikit-image and scikit-learn. Each source photo
+belongs to one split only; train + val photos form the *train domain*, test photos the *test domain*.
+
+| photo | split | shipped by | licence |
+|---|---|---|---|
+{photos}
+
+## Fake families
+All generators were trained by the workbench on {GENERATOR_POOL if p.name != 'tiny' else 64} crops of the train-split photos only.
+Conditional families (ldm, aligned, sdedit) start from fresh crops of the split's own photos, so test fakes
+share the test domain's content and never a training photo.
+
+| family | generator | role |
+|---|---|---|
+{fams}
+
+## Counts (family x split)
+{counts_table(df).to_markdown(index=False)}
+
+## Columns
+`path` (relative to this folder), `label` (0 real, 1 fake), `family`, `generator`, `domain` (train/test content),
+`split`, `role` (real / seen / held_out), `source` (photo the crop came from), `seed` (per-image sampling seed;
+the profile seed for real crops), `caption` (template: scale + subject of the source photo), `explanation`.
+
+## What is synthetic
+- Every fake image (by construction).
+- **Captions** are templates (`a close-up photo of a tabby cat`), not human captions.
+- **Explanations** are templates: the family's known mechanism plus two measured properties (high-frequency
+  energy ratio and a periodic spectral peak score, compared with the training real crops). They are not human
+  annotations like FakeClue's.
+"""

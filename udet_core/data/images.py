@@ -1,0 +1,157 @@
+"""Image loading with explicit checks: every bad input becomes a `DataError` that names the file.
+
+Forensic detectors read exactly the pixel statistics that silent conversions change (alpha compositing,
+palette expansion, 16->8 bit rounding), so by default such images are refused with a message saying why;
+`convert=True` converts them on purpose.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+class DataError(ValueError):
+    """A problem with one input file; `path` names it, `problem` says what is wrong."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP",
+               b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"RIFF": "WebP"}
+
+
+def _signature(path: Path) -> str | None:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return next((kind for sig, kind in _SIGNATURES.items() if head.startswith(sig)), None)
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return head[24]
+    return None
+
+
+def load_rgb(path, min_size: int = 0, convert: bool = False) -> np.ndarray:
+    """Load an 8-bit RGB image as a uint8 array (H, W, 3), or raise `DataError` naming the file and problem."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "file does not exist")
+    if path.is_dir():
+        raise DataError(path, "is a folder, not an image file")
+    if path.stat().st_size == 0:
+        raise DataError(path, "empty file (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode, fmt = im.mode, im.format
+            has_alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info)
+            if mode == "RGB" and (_png_bit_depth(path) or 8) > 8:
+                mode = "RGB;16"  # Pillow reads 48-bit PNGs as 8-bit RGB: refuse the silent truncation
+            if mode != "RGB" and not convert:
+                raise DataError(path, _mode_problem(mode, fmt))
+            rgb = _to_rgb(im, mode, has_alpha)
+    except DataError:
+        raise
+    except UnidentifiedImageError:
+        kind = _signature(path)
+        if kind:
+            raise DataError(path, f"corrupt or truncated image data (starts like a {kind} file but cannot be "
+                                  "decoded)") from None
+        raise DataError(path, "not an image (format not recognised)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(path, f"corrupt or truncated image data ({e})") from None
+    h, w = rgb.shape[:2]
+    if min(h, w) < min_size:
+        raise DataError(path, f"image is {w}x{h}, smaller than the required {min_size}x{min_size}")
+    return rgb
+
+
+def _mode_problem(mode: str, fmt: str | None) -> str:
+    what = {
+        "RGBA": "has an alpha channel (RGBA)", "LA": "is grayscale with alpha (LA)", "PA": "is a palette image with alpha",
+        "P": "is a palette (indexed-colour) image", "L": "is grayscale (L), not RGB", "1": "is bilevel (1-bit)",
+        "I;16": "is 16-bit grayscale", "I;16B": "is 16-bit grayscale", "I": "is 32-bit integer grayscale",
+        "F": "is floating-point grayscale", "CMYK": "is CMYK", "YCbCr": "is YCbCr", "RGB;16": "is 16-bit per channel RGB",
+    }.get(mode, f"has unsupported mode {mode}")
+    return f"{fmt or 'image'} {what}; expected 8-bit RGB (pass convert=True to convert it deliberately)"
+
+
+def _to_rgb(im: Image.Image, mode: str, has_alpha: bool) -> np.ndarray:
+    if mode in ("I;16", "I;16B", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
+        a = np.clip(np.round(a / hi * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if has_alpha:  # composite onto white
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(bg, rgba).convert("RGB"))
+    return np.asarray(im.convert("RGB"))
+
+
+def list_images(folder) -> list[Path]:
+    """All image files below `folder` (recursively, sorted); `DataError` if the folder is missing or has none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(folder, "folder does not exist")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(folder, f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found in this folder")
+    return files
+
+
+def load_many(paths, min_size: int = 0, convert: bool = False, progress: bool = False):
+    """Load many images, skipping bad ones. Returns (arrays, kept_indices, problems[(path, problem)])."""
+    from ..progress import tqdm
+    arrays, kept, problems = [], [], []
+    for i, p in enumerate(tqdm(list(paths), desc="load images", disable=not progress)):
+        try:
+            arrays.append(load_rgb(p, min_size=min_size, convert=convert))
+            kept.append(i)
+        except DataError as e:
+            problems.append((e.path, e.problem))
+    return arrays, kept, problems
+
+
+def to_tensor(arrays, size: int | None = None):
+    """uint8 HxWx3 arrays -> float tensor (N, 3, H, W) in [-1, 1]; centre-crop + resize to `size` if given."""
+    import torch
+    out = []
+    for a in arrays:
+        if size is not None and a.shape[:2] != (size, size):
+            a = center_crop_resize(a, size)
+        out.append(torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1))
+    return torch.stack(out).float().div(127.5).sub(1.0)
+
+
+def to_uint8(x) -> np.ndarray:
+    """Float tensor (N, 3, H, W) in [-1, 1] -> uint8 arrays (N, H, W, 3)."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def center_crop_resize(a: np.ndarray, size: int) -> np.ndarray:
+    """Largest centred square, resized to size x size (Lanczos)."""
+    h, w = a.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    im = Image.fromarray(a[top:top + s, left:left + s])
+    return np.asarray(im.resize((size, size), Image.Resampling.LANCZOS))
+
+
+def save_png(a: np.ndarray, path) -> Path:
+    """Save a uint8 RGB array as PNG atomically."""
+    import io
+    from ..runs import atomic_write_bytes
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,154 @@
+"""Named configurations: `tiny` (tests, seconds), `default` (2 CPU cores, minutes), `paper` (GPU).
+
+Every config is a dataclass, so a run can record exactly what it used (`asdict`) and artifacts can be
+cached by a hash of the config that produced them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The embedded benchmark udet-mini: real crops of bundled photographs, split by source photo."""
+    resolution: int = 32
+    # crop side as a fraction of the photo's shorter side (multi-scale crops)
+    crop_scales: tuple[float, ...] = (0.12, 0.25, 0.5, 1.0)
+    n_real: dict = field(default_factory=lambda: {"train": 384, "val": 128, "test": 256})
+    # photos (by group name, see udet_core.data.sources.PHOTOS) in each split; train+val are the train domain
+    split_photos: dict = field(default_factory=lambda: {
+        "train": ("astronaut", "coffee", "rocket", "immunohistochemistry", "china"),
+        "val": ("chelsea", "retina"),
+        "test": ("flower", "motorcycle", "hubble_deep_field"),
+    })
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """AutoencoderKL stand-in (down factor 2**(len(block_out_channels)-1))."""
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    latent_channels: int = 4
+    layers_per_block: int = 1
+    norm_num_groups: int = 16
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    kl_weight: float = 1e-6
+
+
+@dataclass(frozen=True)
+class ImageVariationConfig:
+    """Tiny Stable Diffusion Image Variation: CLIP vision encoder + image-conditioned latent UNet + DDIM."""
+    unet_block_out_channels: tuple[int, ...] = (64, 128)
+    layers_per_block: int = 1
+    attention_head_dim: int = 8
+    clip_hidden_size: int = 64
+    clip_layers: int = 4
+    clip_heads: int = 4
+    clip_patch_size: int = 4
+    projection_dim: int = 64
+    num_train_timesteps: int = 1000
+    steps: int = 250
+    batch_size: int = 32
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class PixelDiffusionConfig:
+    """Pixel-space DDPM (UNet2DModel), sampled with DDIM; also drives the SDEdit family."""
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    norm_num_groups: int = 16
+    num_train_timesteps: int = 1000
+    steps: int = 250
+    batch_size: int = 32
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    """DCGAN whose generator upsamples with transposed convolutions."""
+    nz: int = 64
+    ngf: int = 32
+    ndf: int = 32
+    steps: int = 800
+    batch_size: int = 64
+    lr: float = 2e-4
+
+
+@dataclass(frozen=True)
+class FamilyConfig:
+    """Fake families: how many images per split, which are seen in training, sampling settings."""
+    n_fake: dict = field(default_factory=lambda: {"train": 256, "val": 64, "test": 128})
+    seen: tuple[str, ...] = ("gan", "ldm", "aligned")
+    held_out: tuple[str, ...] = ("ddpm", "sdedit")
+    sample_steps: int = 20           # DDIM steps for ddpm / ldm sampling
+    sdedit_strength: float = 0.35    # fraction of the noise schedule re-noised
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str = "default"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    vae: VAEConfig = VAEConfig()
+    sdiv: ImageVariationConfig = ImageVariationConfig()
+    pixel: PixelDiffusionConfig = PixelDiffusionConfig()
+    gan: GANConfig = GANConfig()
+    families: FamilyConfig = FamilyConfig()
+
+
+def _tiny() -> Profile:
+    return Profile(
+        name="tiny",
+        data=DataConfig(resolution=16, n_real={"train": 32, "val": 16, "test": 16}),
+        vae=VAEConfig(block_out_channels=(8, 16), norm_num_groups=8, steps=4, batch_size=8),
+        sdiv=ImageVariationConfig(unet_block_out_channels=(16, 32), attention_head_dim=4, clip_hidden_size=16,
+                                  clip_layers=1, clip_heads=2, projection_dim=16, num_train_timesteps=100,
+                                  steps=4, batch_size=8),
+        pixel=PixelDiffusionConfig(block_out_channels=(8, 16), norm_num_groups=8, num_train_timesteps=100,
+                                   steps=4, batch_size=8),
+        gan=GANConfig(nz=8, ngf=8, ndf=8, steps=4, batch_size=8),
+        families=FamilyConfig(n_fake={"train": 8, "val": 4, "test": 8}, sample_steps=3, batch_size=16),
+    )
+
+
+def _paper() -> Profile:
+    """GPU scale: higher resolution, wider models, far longer training (hours on one GPU)."""
+    return Profile(
+        name="paper",
+        data=DataConfig(resolution=128, n_real={"train": 8000, "val": 1000, "test": 2000}),
+        vae=VAEConfig(block_out_channels=(64, 128, 256, 256), steps=20000, batch_size=64),
+        sdiv=ImageVariationConfig(unet_block_out_channels=(128, 256, 512), layers_per_block=2, clip_hidden_size=256,
+                                  clip_layers=8, clip_heads=8, clip_patch_size=8, projection_dim=256,
+                                  steps=40000, batch_size=64, lr=1e-4),
+        pixel=PixelDiffusionConfig(block_out_channels=(64, 128, 256, 256), layers_per_block=2, steps=40000,
+                                   batch_size=64, lr=2e-4),
+        gan=GANConfig(nz=128, ngf=64, ndf=64, steps=30000),
+        families=FamilyConfig(n_fake={"train": 4000, "val": 500, "test": 1000}, sample_steps=50),
+    )
+
+
+PROFILES = {"tiny": _tiny, "default": Profile, "paper": _paper}
+
+
+def get_profile(name: str = "default", **overrides) -> Profile:
+    """Return the named profile, with top-level fields replaced by `overrides` (e.g. seed=1)."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    return replace(PROFILES[name](), **overrides)
+
+
+def config_dict(cfg) -> dict:
+    """A JSON-ready dict of a (nested) config dataclass."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=list))
+
+
+def config_hash(*cfgs) -> str:
+    """Short stable hash of one or more configs: the cache key of the artifacts they produce."""
+    blob = json.dumps([config_dict(c) if dataclasses.is_dataclass(c) else c for c in cfgs], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]

@@ -1,0 +1,119 @@
+"""`python -m udet_core reproduce`: execute the numbered notebooks headless with papermill, in order."""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .runs import REPO_ROOT, atomic_write_json, code_version
+
+NOTEBOOKS = ("00_data_prep", "01_gduf", "02_diga", "03_craft_training", "04_ablations", "05_honeycomb_collapse")
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+
+def default_run_dir(profile: str) -> Path:
+    return REPO_ROOT / "runs" / profile
+
+
+def default_figures_dir(profile: str, run_dir) -> Path:
+    """The repository's `figures/` for real profiles; inside the run dir for `tiny` (tests never touch figures/)."""
+    return Path(run_dir) / "figures" if profile == "tiny" else REPO_ROOT / "figures"
+
+
+def check_kernel(name: str = "python3") -> str:
+    """Make sure the Jupyter kernel `name` exists and runs this interpreter; return its command."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    try:
+        spec = KernelSpecManager().get_kernel_spec(name)
+    except NoSuchKernel:
+        raise RuntimeError(f"no Jupyter kernel named {name!r}: install ipykernel in this environment "
+                           f"({sys.executable} -m pip install ipykernel)") from None
+    exe = spec.argv[0]
+    if exe not in ("python", "python3", "{python}") and Path(exe).resolve() != Path(sys.executable).resolve():
+        raise RuntimeError(f"the {name!r} kernel in {spec.resource_dir} runs {exe}, not this interpreter "
+                           f"({sys.executable}); remove that kernelspec or run "
+                           f"`{sys.executable} -m ipykernel install --sys-prefix`")
+    return " ".join(spec.argv)
+
+
+class PeakMemory:
+    """Samples the resident memory of this process's children (the kernel) in a background thread."""
+
+    def __init__(self, interval: float = 0.5):
+        import psutil
+        self.proc, self.interval, self.peak_mb = psutil.Process(), interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import psutil
+        while not self._stop.is_set():
+            total = 0
+            for c in self.proc.children(recursive=True):
+                try:
+                    total += c.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak_mb = max(self.peak_mb, total / 2**20)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def reproduce(profile: str = "default", run_dir=None, only=None, force: bool = False, seed: int = 0,
+              timeout_s: int = 3600) -> dict:
+    """Run notebooks 00-05 (those that exist, or `only`) with papermill; stop at the first failure."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+    run_dir = Path(run_dir or default_run_dir(profile)).resolve()
+    figures_dir = default_figures_dir(profile, run_dir).resolve()
+    out_dir = run_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kernel = check_kernel()
+    wanted = [n for n in NOTEBOOKS if not only or n[:2] in only or n in only]
+    os.environ["UDET_TEXT_PROGRESS"] = "1"
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    record = {"profile": profile, "run_dir": str(run_dir), "figures_dir": str(figures_dir), "seed": seed,
+              "code_version": code_version(), "kernel": kernel, "notebooks": {}}
+    print(f"udet reproduce: profile={profile} run_dir={run_dir} figures={figures_dir}", flush=True)
+    t_all = time.perf_counter()
+    for i, name in enumerate(wanted, 1):
+        src = NOTEBOOK_DIR / f"{name}.ipynb"
+        if not src.exists():
+            print(f"[{i}/{len(wanted)}] {name}: not written yet, skipped", flush=True)
+            record["notebooks"][name] = {"status": "missing"}
+            continue
+        print(f"[{i}/{len(wanted)}] {name} ...", flush=True)
+        t0 = time.perf_counter()
+        params = {"profile": profile, "run_dir": str(run_dir), "figures_dir": str(figures_dir), "seed": seed,
+                  "force": force, "progress": True}
+        status = "ok"
+        with PeakMemory() as mem:
+            try:
+                pm.execute_notebook(str(src), str(out_dir / f"{name}.ipynb"), parameters=params, kernel_name="python3",
+                                    cwd=str(REPO_ROOT), log_output=True, progress_bar=False,
+                                    request_save_on_cell_execute=False, autosave_cell_every=0,
+                                    execution_timeout=timeout_s)
+            except PapermillExecutionError as e:
+                status = f"failed in cell {e.cell_index} (execution count {e.exec_count}): {e.ename}: {e.evalue}"
+        wall = time.perf_counter() - t0
+        record["notebooks"][name] = {"status": status, "wall_s": round(wall, 1), "peak_memory_mb": round(mem.peak_mb)}
+        record["total_wall_s"] = round(time.perf_counter() - t_all, 1)
+        atomic_write_json(run_dir / "reproduce.json", record)
+        print(f"[{i}/{len(wanted)}] {name}: {status} in {wall:.0f} s, kernel peak memory {mem.peak_mb:.0f} MiB",
+              flush=True)
+        if status != "ok":
+            print(f"executed copy with the error: {out_dir / (name + '.ipynb')}", file=sys.stderr)
+            raise SystemExit(f"reproduce stopped: notebook {name} {status}")
+    record["total_wall_s"] = round(time.perf_counter() - t_all, 1)
+    atomic_write_json(run_dir / "reproduce.json", record)
+    print(f"done in {record['total_wall_s']:.0f} s; record: {run_dir / 'reproduce.json'}", flush=True)
+    return record

@@ -1,0 +1,137 @@
+"""Run directories: atomic writes, config-keyed artifact caching, and the provenance every result carries."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from .profiles import config_dict, config_hash
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def atomic_write_bytes(path, data: bytes) -> Path:
+    """Write `data` to `path` via a temp file in the same folder and a rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path, obj) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_table(df, path_stem, provenance: dict | None = None) -> list[Path]:
+    """Save a results DataFrame as CSV and Markdown (plus a JSON provenance side file)."""
+    stem = Path(path_stem)
+    out = [atomic_write_text(stem.with_suffix(".csv"), df.to_csv(index=False)),
+           atomic_write_text(stem.with_suffix(".md"), df.to_markdown(index=False) + "\n")]
+    if provenance is not None:
+        out.append(atomic_write_json(stem.with_suffix(".json"), provenance))
+    return out
+
+
+def code_version() -> str:
+    """Git commit of the workbench (with '-dirty' if the tree has changes), or the package version."""
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty", "--abbrev=12"],
+                             capture_output=True, text=True, timeout=10)
+        if rev.returncode == 0 and rev.stdout.strip():
+            return rev.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    from . import __version__
+    return __version__
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (and finished children) in MiB."""
+    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(self_kb, child_kb) / 1024.0
+
+
+def provenance(cfg=None, seed: int | None = None, timings: dict | None = None, **extra) -> dict:
+    """What every result file records: config, seed, code version, timings, machine."""
+    import torch
+    rec = {
+        "config": config_dict(cfg) if cfg is not None else None,
+        "seed": seed,
+        "code_version": code_version(),
+        "timings_s": timings or {},
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+        "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                    "cpu_count": os.cpu_count(), "cuda": torch.cuda.is_available()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    rec.update(extra)
+    return rec
+
+
+class Artifact:
+    """A folder under `<run_dir>/artifacts/<name>-<config hash>`, complete once `done.json` exists.
+
+    Building writes into `<folder>.partial` (which a training loop may checkpoint into and resume from)
+    and renames it into place at the end, so a finished artifact is never half-written.
+    """
+
+    def __init__(self, run_dir, name: str, *cfgs):
+        self.key = config_hash(*cfgs)
+        self.cfgs = cfgs
+        self.path = Path(run_dir) / "artifacts" / f"{name}-{self.key}"
+        self.partial = self.path.with_name(self.path.name + ".partial")
+
+    @property
+    def done(self) -> bool:
+        return (self.path / "done.json").exists()
+
+    def begin(self) -> Path:
+        self.partial.mkdir(parents=True, exist_ok=True)
+        return self.partial
+
+    def commit(self, **info) -> Path:
+        """Record provenance and move the finished artifact into place."""
+        cfg_dicts = [config_dict(c) if hasattr(c, "__dataclass_fields__") else c for c in self.cfgs]
+        atomic_write_json(self.partial / "done.json", provenance(None, **info, configs=cfg_dicts))
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def info(self) -> dict:
+        return json.loads((self.path / "done.json").read_text())
+
+
+class Timer:
+    """Collects wall-clock timings by name: `with timer("train_vae"): ...`."""
+
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 3)
