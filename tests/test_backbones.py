@@ -41,6 +41,17 @@ def test_load_image_variation_matches_saved_weights(tmp_path, tiny_iv, tiny):
     assert iv.scheduler.__class__.__name__ == "DDIMScheduler"
 
 
+def test_one_entry_point_builds_from_config_or_loads_from_path(tmp_path, tiny_iv, tiny):
+    from udet_core.models.backbones import image_variation
+    built = image_variation(tiny.sdiv, vae=tiny_iv.vae, resolution=tiny.data.resolution)
+    assert built.unet.config.cross_attention_dim == tiny.sdiv.projection_dim
+    tiny_iv.save(tmp_path / "sdiv")
+    loaded = image_variation(tmp_path / "sdiv")
+    assert torch.equal(loaded.unet.conv_in.weight, tiny_iv.unet.conv_in.weight)
+    with pytest.raises(ValueError, match="needs the"):
+        image_variation(tiny.sdiv)
+
+
 def test_load_rejects_a_non_pipeline_folder(tmp_path):
     with pytest.raises(DataError, match="model_index.json missing"):
         load_image_variation(tmp_path)

@@ -69,7 +69,7 @@ class PeakMemory:
 
 
 def reproduce(profile: str = "default", run_dir=None, only=None, force: bool = False, seed: int = 0,
-              timeout_s: int = 3600) -> dict:
+              timeout_s: int = 3600, notebook_dir=NOTEBOOK_DIR) -> dict:
     """Run notebooks 00-05 (those that exist, or `only`) with papermill; stop at the first failure."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -86,7 +86,7 @@ def reproduce(profile: str = "default", run_dir=None, only=None, force: bool = F
     print(f"udet reproduce: profile={profile} run_dir={run_dir} figures={figures_dir}", flush=True)
     t_all = time.perf_counter()
     for i, name in enumerate(wanted, 1):
-        src = NOTEBOOK_DIR / f"{name}.ipynb"
+        src = Path(notebook_dir) / f"{name}.ipynb"
         if not src.exists():
             print(f"[{i}/{len(wanted)}] {name}: not written yet, skipped", flush=True)
             record["notebooks"][name] = {"status": "missing"}

@@ -133,3 +133,13 @@ def load_image_variation(path) -> ImageVariation:
         pipe.scheduler.config)
     return ImageVariation(pipe.vae.eval(), pipe.image_encoder.eval(), pipe.unet.eval(), scheduler,
                           pipe.feature_extractor)
+
+
+def image_variation(spec, vae=None, resolution: int | None = None) -> ImageVariation:
+    """One entry point: a path loads a pipeline folder (real checkpoint or saved stand-in); an
+    `ImageVariationConfig` builds the tiny random-init stand-in around `vae` at `resolution`."""
+    if isinstance(spec, ImageVariationConfig):
+        if vae is None or resolution is None:
+            raise ValueError("building the stand-in from a config needs the (trained) vae and the resolution")
+        return build_image_variation(spec, vae, resolution)
+    return load_image_variation(spec)
