@@ -1,4 +1,4 @@
-"""Command line: `python -m udet_core reproduce|benchmark ...` (see --help)."""
+"""Command line: `python -m udet_core reproduce|build-benchmark|train-craft|detect|bench ...` (see --help)."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +22,28 @@ def main(argv=None) -> int:
     b.add_argument("--force", action="store_true")
     b.add_argument("--seed", type=int, default=0)
 
+    d = sub.add_parser("detect", help="score images with a CRAFT checkpoint; writes one CSV row per image")
+    d.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    d.add_argument("--checkpoint", required=True, help="CRAFT checkpoint folder (craft.json + pipeline/)")
+    d.add_argument("--out", required=True, help="CSV to write: path, score, label, distance")
+    d.add_argument("--fast", action="store_true", help="invert only through the fine-tuned segment")
+    d.add_argument("--batch-size", type=int, default=64)
+
+    t = sub.add_parser("train-craft", help="train CRAFT on udet-mini (works under `accelerate launch`)")
+    t.add_argument("--profile", default="default", choices=["tiny", "default", "paper"])
+    t.add_argument("--run-dir", default=None)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--name", default="craft", help="artifact name (folder prefix in the run dir)")
+    t.add_argument("--force", action="store_true")
+
+    be = sub.add_parser("bench", help="performance benchmarks")
+    be.add_argument("what", choices=["craft-cache", "craft-detect"])
+    be.add_argument("--profile", default="default", choices=["tiny", "default", "paper"])
+    be.add_argument("--run-dir", default=None)
+    be.add_argument("--n-steps", type=int, default=50)
+    be.add_argument("--k", type=int, default=15)
+    be.add_argument("--checkpoint", default=None, help="for craft-detect: a CRAFT checkpoint folder")
+
     a = ap.parse_args(argv)
     if a.cmd == "reproduce":
         from .runner import reproduce
@@ -34,6 +56,52 @@ def main(argv=None) -> int:
         bm = build_benchmark(get_profile(a.profile, seed=a.seed), a.run_dir or default_run_dir(a.profile), force=a.force)
         print(counts_table(bm.manifest).to_string(index=False))
         print(f"manifest: {bm.manifest_path}")
+    elif a.cmd == "detect":
+        return _detect(a)
+    elif a.cmd == "train-craft":
+        from .craft import run_craft
+        from .profiles import get_profile
+        from .runner import default_run_dir
+        path = run_craft(get_profile(a.profile, seed=a.seed), a.run_dir or default_run_dir(a.profile), name=a.name,
+                         force=a.force)
+        print(f"CRAFT checkpoint: {path}")
+    elif a.cmd == "bench":
+        import json
+        from . import bench
+        from .profiles import get_profile
+        from .runner import default_run_dir
+        p, run_dir = get_profile(a.profile), a.run_dir or default_run_dir(a.profile)
+        if a.what == "craft-cache":
+            print(json.dumps(bench.craft_cache(p, run_dir, a.n_steps, a.k), indent=2))
+        else:
+            if not a.checkpoint:
+                ap.error("craft-detect needs --checkpoint")
+            import pandas as pd
+            print(pd.DataFrame(bench.craft_detect(a.checkpoint, p, run_dir)).to_string(index=False))
+    return 0
+
+
+def _detect(a) -> int:
+    from pathlib import Path
+    from .craft import Craft, detect_images
+    from .data.images import DataError, list_images
+    from .runs import atomic_write_text
+    paths, problems = [], []
+    for p in a.paths:
+        try:
+            paths += list_images(p) if Path(p).is_dir() else [Path(p)]
+        except DataError as e:
+            problems.append((e.path, e.problem))
+    model = Craft.load(a.checkpoint)
+    df, bad = detect_images(model, paths, fast=a.fast, batch_size=a.batch_size)
+    problems += bad
+    atomic_write_text(a.out, df.to_csv(index=False))
+    print(f"scored {len(df)} images ({df.attrs.get('images_per_s', 0):.1f} images/s, "
+          f"{'fast' if a.fast else 'full'} mode) -> {a.out}")
+    if problems:
+        print(f"skipped {len(problems)} bad file(s):")
+        for path, why in problems:
+            print(f"  {path}: {why}")
     return 0
 
 

@@ -12,8 +12,9 @@ def tpr_at_fpr(labels, scores, fpr: float = 0.05) -> float:
     return float(t[f <= fpr].max())
 
 
-def per_family_table(df: pd.DataFrame, scores, split: str = "test") -> pd.DataFrame:
-    """AP / AUC / TPR@5%FPR of the split's reals against each fake family of that split, one row per family."""
+def per_family_table(df: pd.DataFrame, scores, split: str = "test", threshold: float | None = None) -> pd.DataFrame:
+    """AP / AUC / TPR@5%FPR of the split's reals against each fake family of that split, one row per family
+    (with `threshold`: also the share of the family's fakes detected, and the reals' accuracy)."""
     df = df.assign(score=np.asarray(scores, dtype=float))
     d = df[df["split"] == split]
     reals = d[d["label"] == 0]
@@ -21,6 +22,19 @@ def per_family_table(df: pd.DataFrame, scores, split: str = "test") -> pd.DataFr
     for (family, role), fakes in d[d["label"] == 1].groupby(["family", "role"]):
         y = np.r_[np.zeros(len(reals)), np.ones(len(fakes))]
         s = np.r_[reals["score"], fakes["score"]]
-        rows.append({"family": family, "role": role, "n_real": len(reals), "n_fake": len(fakes),
-                     "AP": average_precision_score(y, s), "AUC": roc_auc_score(y, s), "TPR@5%FPR": tpr_at_fpr(y, s)})
+        row = {"family": family, "role": role, "n_real": len(reals), "n_fake": len(fakes),
+               "AP": average_precision_score(y, s), "AUC": roc_auc_score(y, s), "TPR@5%FPR": tpr_at_fpr(y, s)}
+        if threshold is not None:
+            row["fake_acc"] = float((fakes["score"] >= threshold).mean())
+            row["real_acc"] = float((reals["score"] < threshold).mean())
+        rows.append(row)
     return pd.DataFrame(rows).sort_values(["role", "family"], ascending=[False, True]).reset_index(drop=True)
+
+
+def summary(labels, scores, threshold: float) -> dict:
+    """Accuracy (and per class) at `threshold`, plus threshold-free AP, AUC and TPR at 5 % FPR."""
+    y, s = np.asarray(labels), np.asarray(scores, dtype=float)
+    pred = s >= threshold
+    return {"n": len(y), "acc": float((pred == y).mean()), "real_acc": float((~pred[y == 0]).mean()),
+            "fake_acc": float(pred[y == 1].mean()), "AP": float(average_precision_score(y, s)),
+            "AUC": float(roc_auc_score(y, s)), "TPR@5%FPR": tpr_at_fpr(y, s)}

@@ -91,6 +91,37 @@ class FamilyConfig:
 
 
 @dataclass(frozen=True)
+class CraftConfig:
+    """CRAFT (DESIGN §4): DDIM inversion, class-guided perturbation, last-k-step fine-tuning, CR loss + classifier.
+
+    The default profile keeps the paper's k/n ratio (15/50) at n=20, k=6; learning rates are raised because the
+    stand-in backbone is trained for minutes, not pretrained for weeks (the paper profile restores them).
+    """
+    n_steps: int = 20              # DDIM inversion and sampling steps (paper: 50)
+    k: int = 6                     # last sampling steps that are fine-tuned (paper: 15)
+    lam: float = 2.0               # perturbation strength lambda (eq. 4)
+    tau_scale: float = 1.5         # norm bound tau = tau_scale * sqrt(latent dim) (eq. 11)
+    ema_decay: float = 0.99        # real-centre EMA (eq. 2)
+    perturb: bool = True
+    loss: str = "cr"               # cr | l1 | l2 (Table 2)
+    m: float = 0.4                 # CR margin (eq. 6), in units of `distance`
+    delta: float = 0.3             # CR tolerance window
+    gamma: float = 0.5             # CR penalty above m + delta
+    lambda_cls: float = 1.0        # eq. 9
+    distance: str = "lpips-vgg"    # mse | lpips-vgg (random backbone unless ImageNet weights are cached) | vae-features
+    train_encoder: bool = True
+    train_unet: bool = True
+    train_decoder: bool = True
+    lr_encoder: float = 5e-5       # paper 5e-6
+    lr_unet: float = 5e-5          # paper 5e-6
+    lr_decoder: float = 1e-4       # paper 1e-5
+    lr_cls: float = 1e-2
+    steps: int = 200
+    batch_size: int = 16
+    eval_batch_size: int = 64
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str = "default"
     seed: int = 0
@@ -100,6 +131,7 @@ class Profile:
     pixel: PixelDiffusionConfig = PixelDiffusionConfig()
     gan: GANConfig = GANConfig()
     families: FamilyConfig = FamilyConfig()
+    craft: CraftConfig = CraftConfig()
 
 
 def _tiny() -> Profile:
@@ -114,6 +146,7 @@ def _tiny() -> Profile:
                                    steps=4, batch_size=8),
         gan=GANConfig(nz=8, ngf=8, ndf=8, steps=4, batch_size=8),
         families=FamilyConfig(n_fake={"train": 8, "val": 4, "test": 8}, sample_steps=3, batch_size=16),
+        craft=CraftConfig(n_steps=5, k=2, steps=4, batch_size=4, eval_batch_size=16, distance="mse"),
     )
 
 
@@ -130,6 +163,8 @@ def _paper() -> Profile:
                                    batch_size=64, lr=2e-4),
         gan=GANConfig(nz=128, ngf=64, ndf=64, steps=30000),
         families=FamilyConfig(n_fake={"train": 4000, "val": 500, "test": 1000}, sample_steps=50),
+        craft=CraftConfig(n_steps=50, k=15, lr_encoder=5e-6, lr_unet=5e-6, lr_decoder=1e-5, lr_cls=1e-3,
+                          steps=20000, batch_size=32),
     )
 
 

@@ -1,8 +1,8 @@
 """One training loop for every model in the workbench, written with HF `accelerate`.
 
 The same code runs on CPU, one GPU, or `accelerate launch` over many processes. Each step draws its batch
-indices from a generator seeded by (seed, step, process), so a resumed run sees exactly the batches an
-uninterrupted run would. State (model weights as safetensors, optimizers, RNG) is saved with
+indices from a generator seeded by (seed, step), so a resumed run sees exactly the batches an uninterrupted
+run would, and N processes split the very batch that one process would see. State (model weights as safetensors, optimizers, RNG) is saved with
 `Accelerator.save_state` every `checkpoint_every` steps and training resumes from the last checkpoint.
 """
 from __future__ import annotations
@@ -39,15 +39,19 @@ class Objective:
     optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)
 
 
-def _batch_indices(n: int, batch_size: int, seed: int, step: int, rank: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step * 101 + rank)
-    return torch.randint(0, n, (batch_size,), generator=g)
+def _batch_indices(n: int, batch_size: int, seed: int, step: int, rank: int, world: int) -> torch.Tensor:
+    """The global batch of `step` (the same on every process); process `rank` takes every world-th item."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.randint(0, n, (batch_size,), generator=g)[rank::world]
 
 
 def fit(modules: dict, objectives: list[Objective], data: torch.Tensor, *, steps: int, batch_size: int,
         seed: int, out_dir=None, checkpoint_every: int = 0, desc: str = "train", progress: bool = True,
         accelerator: Accelerator | None = None) -> list[dict]:
     """Train `modules` for `steps` steps; returns the per-step history [{'step', '<objective>': loss, ...}].
+
+    `batch_size` is the global batch: with N processes each takes batch_size/N of the same draw, so gradients
+    (averaged by DDP) equal those of one process on the whole batch.
 
     `data` is an in-memory tensor (or tuple of tensors indexed together) of training examples. With `out_dir`
     and `checkpoint_every > 0`, state is checkpointed to `out_dir/checkpoint` and a rerun resumes from it.
@@ -76,7 +80,7 @@ def fit(modules: dict, objectives: list[Objective], data: torch.Tensor, *, steps
     t0 = time.perf_counter()
     bar = tqdm(range(start, steps), desc=desc, disable=not progress or not acc.is_local_main_process)
     for step in bar:
-        idx = _batch_indices(n, batch_size, seed, step, acc.process_index)
+        idx = _batch_indices(n, batch_size, seed, step, acc.process_index, acc.num_processes)
         batch = tuple(t[idx].to(acc.device) for t in tensors)
         batch = batch[0] if len(batch) == 1 else batch
         logs = {"step": step + 1}

@@ -130,7 +130,7 @@ def to_tensor(arrays, size: int | None = None):
     for a in arrays:
         if size is not None and a.shape[:2] != (size, size):
             a = center_crop_resize(a, size)
-        out.append(torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1))
+        out.append(torch.from_numpy(np.array(a, dtype=np.uint8)).permute(2, 0, 1))
     return torch.stack(out).float().div(127.5).sub(1.0)
 
 

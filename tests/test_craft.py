@@ -1,0 +1,190 @@
+"""CRAFT: equations, the frozen-prefix cache, persistence, real-pipeline folders, detection CLI."""
+import json
+import math
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from udet_core.craft import (Craft, calibrate_threshold, detect_images, ema_center, perturb_latent, prefix_cache,
+                             run_craft, split_tensors, train)
+from udet_core.data.manifest import load_images
+from udet_core.losses import craft_cr_loss, craft_total_loss
+
+
+def test_cr_loss_matches_eq6_by_hand():
+    d = torch.tensor([0.1, 0.2, 0.5, 0.9])
+    y = torch.tensor([0, 1, 1, 1])
+    # real: d = 0.1; fakes: max(0, .4-.2)=.2 ; inside window [.4,.7] -> 0 ; .5*(.9-.7)=.1
+    assert craft_cr_loss(d, y, m=0.4, delta=0.3, gamma=0.5).item() == pytest.approx((0.1 + 0.2 + 0.0 + 0.1) / 4)
+    assert craft_total_loss(torch.tensor(1.0), torch.tensor(2.0), 0.5).item() == 2.0
+
+
+def test_perturbation_eq4_and_bound_eq11():
+    torch.manual_seed(0)
+    mu = torch.zeros(4, 2, 2)
+    z = torch.randn(3, 4, 2, 2)
+    zp = perturb_latent(z, mu, lam=0.5, tau=1e9)
+    step = (zp - z).flatten(1).norm(dim=1)
+    assert torch.allclose(step, torch.full((3,), 0.5), atol=1e-5)           # moved by lam ...
+    cos = torch.nn.functional.cosine_similarity((zp - z).flatten(1), (z - mu).flatten(1))
+    assert torch.allclose(cos, torch.ones(3), atol=1e-5)                      # ... away from mu
+    bounded = perturb_latent(z, mu, lam=0.5, tau=1.0)
+    assert (bounded.flatten(1).norm(dim=1) <= 1.0 + 1e-5).all()
+
+
+def test_ema_center_is_an_ema():
+    lat = torch.tensor([[1.0], [3.0]])
+    assert ema_center(lat, 0.5).item() == pytest.approx(2.0)
+
+
+def test_calibrate_threshold_uses_given_scores_only():
+    s = np.array([0.1, 0.2, 0.8, 0.9])
+    t = calibrate_threshold(s, np.array([0, 0, 1, 1]))
+    assert 0.2 < t <= 0.8
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_run):
+    run_dir, bench = tiny_run
+    images, df, _ = load_images(bench.manifest)
+    return bench, images, df
+
+
+def _model(bench, cfg, seed=0):
+    torch.manual_seed(seed)
+    return Craft.from_backbone(bench.generators.image_variation_path, cfg)
+
+
+def test_cached_and_uncached_training_give_the_same_loss(tiny_data, tiny):
+    bench, images, df = tiny_data
+    x, y = split_tensors(images, df, "train")
+    cfg = replace(tiny.craft, steps=3)
+    histories = []
+    for cache in (True, False):
+        m = _model(bench, cfg)
+        m.fit_center(x[y == 0])
+        histories.append([h["craft_loss"] for h in train(m, x, y, seed=0, cache=cache, progress=False)])
+    assert np.allclose(histories[0], histories[1], atol=1e-5, rtol=0), histories
+
+
+def test_only_the_suffix_trains_and_the_base_stays_frozen(tiny_data, tiny):
+    bench, images, df = tiny_data
+    x, y = split_tensors(images, df, "train")
+    m = _model(bench, replace(tiny.craft, steps=2, train_encoder=False))
+    m.fit_center(x[y == 0])
+    base_before = {k: v.clone() for k, v in m.base.unet.state_dict().items()}
+    enc_before = {k: v.clone() for k, v in m.suffix.encoder.state_dict().items()}
+    dec_before = {k: v.clone() for k, v in m.suffix.vae.decoder.state_dict().items()}
+    venc_before = {k: v.clone() for k, v in m.suffix.vae.encoder.state_dict().items()}
+    train(m, x, y, seed=0, progress=False)
+    assert all(torch.equal(v, m.base.unet.state_dict()[k]) for k, v in base_before.items())
+    assert all(torch.equal(v, m.suffix.encoder.state_dict()[k]) for k, v in enc_before.items())  # switched off
+    assert all(torch.equal(v, m.suffix.vae.encoder.state_dict()[k]) for k, v in venc_before.items())
+    assert any(not torch.equal(v, m.suffix.vae.decoder.state_dict()[k]) for k, v in dec_before.items())
+    assert m.suffix.unet is not m.base.unet and m.suffix.encoder is m.base.image_encoder
+
+
+def test_prefix_cache_is_what_the_suffix_receives(tiny_data, tiny):
+    bench, images, df = tiny_data
+    x, y = split_tensors(images, df, "val")
+    m = _model(bench, tiny.craft)
+    m.fit_center(x[y == 0])
+    z = prefix_cache(m, x, batch_size=5)
+    assert torch.allclose(z, m.prefix(x), atol=1e-5)
+    assert z.shape[1:] == (m.base.vae.config.latent_channels, *[tiny.data.resolution // 2] * 2)
+
+
+def test_tiny_real_pipeline_folder_trains_unchanged(tmp_path, tiny):
+    """A StableDiffusionImageVariationPipeline folder built from diffusers-test-sized configs, saved to disk."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionImageVariationPipeline,
+                           UNet2DConditionModel)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=16, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32)
+    vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        latent_channels=4)
+    enc = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, projection_dim=32, num_hidden_layers=5,
+                                                         num_attention_heads=4, image_size=32, intermediate_size=37,
+                                                         patch_size=4))
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                          set_alpha_to_one=False)
+    StableDiffusionImageVariationPipeline(vae=vae, image_encoder=enc, unet=unet, scheduler=sched, safety_checker=None,
+                                          feature_extractor=CLIPImageProcessor(crop_size=32, size=32),
+                                          requires_safety_checker=False).save_pretrained(tmp_path / "sdiv")
+    cfg = replace(tiny.craft, steps=2)
+    m = Craft.from_backbone(tmp_path / "sdiv", cfg)
+    x = torch.rand(6, 3, 32, 32) * 2 - 1
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    m.fit_center(x[y == 0])
+    hist = train(m, x, y, seed=0, progress=False)
+    assert len(hist) == 2 and all(math.isfinite(h["craft_loss"]) for h in hist)
+    m.save(tmp_path / "ckpt")
+    again = Craft.load(tmp_path / "ckpt")
+    assert np.allclose(again.score(x)[0], m.eval().score(x)[0], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_run, tiny):
+    run_dir, _ = tiny_run
+    return run_craft(tiny, run_dir, progress=False)
+
+
+def test_checkpoint_records_threshold_from_validation(tiny_checkpoint):
+    meta = json.loads((tiny_checkpoint / "craft.json").read_text())
+    assert 0.0 <= meta["threshold"] <= 1.0 and "threshold_fast" in meta
+    assert (tiny_checkpoint / "craft.safetensors").exists() and (tiny_checkpoint / "pipeline" / "model_index.json").exists()
+    info = json.loads((tiny_checkpoint / "done.json").read_text())
+    assert "train" in info["timings_s"] and info["code_version"]
+
+
+def test_detect_cli_scores_a_folder_and_lists_bad_files(tmp_path, tiny_checkpoint, tiny_data):
+    _, images, _ = tiny_data
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(images[i]).save(folder / f"ok_{i}.png")
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(folder / "other_size.png")   # centre-cropped, resized
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (folder / "notes.jpg").write_text("hello")
+    out = tmp_path / "scores.csv"
+    r = subprocess.run([sys.executable, "-m", "udet_core", "detect", str(folder), "--checkpoint", str(tiny_checkpoint),
+                        "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    import pandas as pd
+    df = pd.read_csv(out)
+    assert sorted(df.path.map(lambda p: p.split("/")[-1])) == ["ok_0.png", "ok_1.png", "ok_2.png", "other_size.png"]
+    assert set(df.label) <= {"real", "fake"} and df.score.between(0, 1).all() and (df.distance >= 0).all()
+    assert "skipped 2 bad file(s)" in r.stdout and "broken.png" in r.stdout and "notes.jpg" in r.stdout
+
+
+def test_fast_mode_scores(tiny_checkpoint, tiny_data):
+    _, images, df = tiny_data
+    m = Craft.load(tiny_checkpoint)
+    paths = df.path[:4].tolist()
+    full, _ = detect_images(m, paths)
+    fast, _ = detect_images(m, paths, fast=True)
+    assert len(full) == len(fast) == 4 and not np.allclose(full.distance, fast.distance)
+
+
+def test_two_processes_match_one_process(tiny_run, tiny_checkpoint):
+    """`accelerate launch --num_processes 2 --cpu` trains the same model as one process (same global batches;
+    DDP averages the two halves' gradients). Stated tolerance: per-step losses within 1e-4 (float summation)."""
+    run_dir, _ = tiny_run
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1", "--cpu",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "udet_core", "train-craft", "--profile", "tiny",
+           "--run-dir", str(run_dir), "--name", "craft-2proc"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = next(run_dir.glob("artifacts/craft-2proc-*"))
+    h1 = json.loads((tiny_checkpoint / "craft.json").read_text())["history"]
+    h2 = json.loads((two / "craft.json").read_text())["history"]
+    assert len(h1) == len(h2)
+    assert np.allclose([h["craft_loss"] for h in h1], [h["craft_loss"] for h in h2], atol=1e-4, rtol=0)

@@ -1,0 +1,81 @@
+"""`python -m udet_core bench ...`: performance measurements (never run as timed tests)."""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import torch
+
+
+def _timeit(fn, repeat: int = 2) -> float:
+    fn()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - t0) / repeat
+
+
+def craft_cache(p, run_dir, n_steps: int = 50, k: int = 15, n_images: int = 256, batch_size: int = 16,
+                seed: int = 0) -> dict:
+    """Per-epoch cost of CRAFT fine-tuning with and without the frozen-prefix cache.
+
+    One training step = forward + backward + update on one batch; an epoch = n_images / batch_size steps.
+    Uncached steps also run inversion + the first n-k sampling steps (frozen, no grad) for their batch; the
+    cached run pays that once per image when the cache is built, not in every epoch.
+    """
+    from .benchmark import build_benchmark
+    from .craft import Craft, prefix_cache, split_tensors
+    from .data.manifest import load_images
+    from .train import Objective
+    cfg = replace(p.craft, n_steps=n_steps, k=k, batch_size=batch_size)
+    bench = build_benchmark(p, run_dir, progress=False)
+    images, df, _ = load_images(bench.manifest)
+    x, y = split_tensors(images, df, "train")
+    torch.manual_seed(seed)
+    model = Craft.from_backbone(bench.generators.image_variation_path, cfg)
+    model.fit_center(x[y == 0][:128])
+    xb, yb = x[:batch_size], y[:batch_size]
+    mods = model.trainable()
+    opt = torch.optim.AdamW(model.param_groups())
+
+    def step(z):
+        opt.zero_grad()
+        model.loss(mods, xb, z if z is not None else model.prefix(xb), yb).backward()
+        opt.step()
+
+    z = model.prefix(xb)
+    t_cached = _timeit(lambda: step(z))
+    t_uncached = _timeit(lambda: step(None))
+    t_prefix = _timeit(lambda: model.prefix(xb))
+    steps_per_epoch = n_images / batch_size
+    t_build = t_prefix * steps_per_epoch
+    return {"n_steps": n_steps, "k": k, "batch_size": batch_size, "n_images": n_images,
+            "step_cached_s": round(t_cached, 3), "step_uncached_s": round(t_uncached, 3),
+            "prefix_per_batch_s": round(t_prefix, 3),
+            "epoch_cached_s": round(t_cached * steps_per_epoch, 1),
+            "epoch_uncached_s": round(t_uncached * steps_per_epoch, 1),
+            "cache_build_once_s": round(t_build, 1),
+            "speedup_per_epoch": round(t_uncached / t_cached, 2),
+            "trained_modules": [m for m in ("encoder", "unet", "decoder") if getattr(cfg, f"train_{m}")]}
+
+
+def craft_detect(checkpoint, p, run_dir, split: str = "test", batch_size: int = 64) -> list[dict]:
+    """Detection throughput and accuracy of a CRAFT checkpoint, full mode vs fast mode (k inversion steps)."""
+    from .benchmark import build_benchmark
+    from .craft import Craft, split_tensors
+    from .data.manifest import load_images
+    from .metrics import summary
+    model = Craft.load(checkpoint)
+    bench = build_benchmark(p, run_dir, progress=False)
+    images, df, _ = load_images(bench.manifest)
+    x, y = split_tensors(images, df, split)
+    rows = []
+    for fast in (False, True):
+        t0 = time.perf_counter()
+        s, _ = model.score(x, fast=fast, batch_size=batch_size)
+        wall = time.perf_counter() - t0
+        thr = model.threshold_fast if fast else model.threshold
+        rows.append({"mode": "fast" if fast else "full", "unet_evals_per_image":
+                     2 * model.cfg.k if fast else 2 * model.cfg.n_steps, "images_per_s": round(len(x) / wall, 1),
+                     **{k: round(v, 4) for k, v in summary(y.numpy(), s, thr).items()}})
+    return rows

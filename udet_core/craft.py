@@ -1,0 +1,420 @@
+"""CRAFT: contrastive reconstruction with class-guided latent perturbation, fine-tuning the last k DDIM steps.
+
+Pipeline for an image x (DESIGN §4, paper §3-4):
+  z0 = VAE-encode(x)                                 (frozen)
+  z_T = DDIM-invert(z0, n steps)                     (frozen base UNet + image encoder)
+  z' = z_T + lam (z_T - mu_real)/(||.|| + eps), ||z'|| <= tau          eq. 4, 10, 11
+  z_k = first n-k DDIM sampling steps from z'        (frozen: the *prefix*)
+  x_hat = decode(last k DDIM steps from z_k)         (trainable encoder / UNet / decoder: the *suffix*)
+Because the prefix is frozen, z_k depends only on the image: it is computed once and cached (`prefix_cache`).
+Detection: an MLP on the scalar distance d(x, x_hat) gives P(fake) (eq. 7-9); the threshold is calibrated on
+the validation split and stored with the checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .distances import distance_label, make_distance
+from .losses import craft_ce_loss, craft_cr_loss, craft_recon_loss, craft_total_loss
+from .models.backbones import ImageVariation, load_image_variation
+from .profiles import CraftConfig
+from .progress import tqdm
+from .runs import atomic_write_json
+
+
+# ------------------------------------------------------------------ one equation, one function
+
+def encode_latent(vae, x: torch.Tensor) -> torch.Tensor:
+    """z0 = E(x): the VAE posterior mode, scaled by the VAE's scaling factor."""
+    return vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
+
+
+def decode_latent(vae, z: torch.Tensor) -> torch.Tensor:
+    """x_hat = D(z) (paper: D_theta)."""
+    return vae.decode(z / vae.config.scaling_factor).sample
+
+
+def ddim_invert(unet, inverse_scheduler, z: torch.Tensor, cond: torch.Tensor, steps: int,
+                n_steps: int) -> torch.Tensor:
+    """DDIM inversion (Mokady et al. 2023 without null-text optimisation): the first `steps` of `n_steps`."""
+    inverse_scheduler.set_timesteps(n_steps)
+    for t in inverse_scheduler.timesteps[:steps]:
+        z = inverse_scheduler.step(unet(z, t, encoder_hidden_states=cond).sample, t, z).prev_sample
+    return z
+
+
+def ddim_steps(unet, scheduler, z: torch.Tensor, cond: torch.Tensor, timesteps) -> torch.Tensor:
+    """Deterministic DDIM updates (paper eq. 1) over `timesteps`; differentiable when grad is enabled."""
+    for t in timesteps:
+        z = scheduler.step(unet(z, t, encoder_hidden_states=cond).sample, t, z).prev_sample
+    return z
+
+
+def ema_center(latents: torch.Tensor, decay: float) -> torch.Tensor:
+    """mu_real (eq. 2): exponential moving average of authentic latents, in data order."""
+    mu = latents[0].clone()
+    for z in latents[1:]:
+        mu = decay * mu + (1 - decay) * z
+    return mu
+
+
+def perturb_latent(z: torch.Tensor, mu: torch.Tensor, lam: float, tau: float, eps: float = 1e-6) -> torch.Tensor:
+    """z' = z + lam (z - mu)/(||z - mu|| + eps) (eq. 4/10), then rescaled so that ||z'|| <= tau (eq. 11)."""
+    diff = z - mu
+    norm = diff.flatten(1).norm(dim=1).view(-1, *[1] * (z.dim() - 1))
+    zp = z + lam * diff / (norm + eps)
+    zn = zp.flatten(1).norm(dim=1).view(-1, *[1] * (z.dim() - 1))
+    return zp * torch.clamp(tau / zn, max=1.0)
+
+
+class DistanceClassifier(nn.Module):
+    """f_cls (eq. 7-8): an MLP from the scalar distance to 2 logits (log-distance input for scale invariance)."""
+
+    def __init__(self, hidden: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+
+    def forward(self, d):
+        return self.net(torch.log(d.clamp_min(1e-8))[:, None])
+
+
+class Suffix(nn.Module):
+    """The trainable part, as one module (one DDP forward per step): the last k DDIM steps with the image
+    encoder's conditioning, then the VAE decoder. Frozen members simply have requires_grad=False."""
+
+    def __init__(self, encoder, unet, vae, clip_pixels, scheduler, timesteps):
+        super().__init__()
+        self.encoder, self.unet, self.vae = encoder, unet, vae
+        self.clip_pixels, self.scheduler, self.timesteps = clip_pixels, scheduler, timesteps
+
+    def forward(self, z_k, x):
+        if len(self.timesteps):
+            cond = self.encoder(self.clip_pixels(x)).image_embeds.unsqueeze(1)
+            z_k = ddim_steps(self.unet, self.scheduler, z_k, cond, self.timesteps)
+        return decode_latent(self.vae, z_k)
+
+
+# ------------------------------------------------------------------ the model
+
+class Craft:
+    """Frozen base backbone (prefix) + trainable copies (suffix) + distance classifier."""
+
+    def __init__(self, base: ImageVariation, cfg: CraftConfig, mu: torch.Tensor | None = None):
+        self.cfg = cfg
+        self.base = base
+        for m in (base.vae, base.image_encoder, base.unet):
+            m.eval().requires_grad_(False)
+        self.inverse = _inverse_scheduler(base.scheduler)
+        self.scheduler = base.scheduler
+        # trainable copies only for the modules that train; the others are the frozen base modules
+        base.scheduler.set_timesteps(cfg.n_steps)
+        self.timesteps = base.scheduler.timesteps.clone()
+        # Steps before the first trainable one are frozen and cacheable: the last k when the encoder or UNet
+        # trains; all n when only the decoder trains (then the cache holds z_0 and training only decodes).
+        self.frozen_steps = cfg.n_steps - cfg.k if (cfg.train_encoder or cfg.train_unet) else cfg.n_steps
+        self.suffix = Suffix(copy.deepcopy(base.image_encoder) if cfg.train_encoder else base.image_encoder,
+                             copy.deepcopy(base.unet) if cfg.train_unet else base.unet,
+                             copy.deepcopy(base.vae) if cfg.train_decoder else base.vae,
+                             base.clip_pixels, base.scheduler, self.timesteps[self.frozen_steps:])
+        if cfg.train_decoder:  # only the decoder side of the VAE copy trains
+            v = self.suffix.vae
+            for name, p in v.named_parameters():
+                p.requires_grad_(name.startswith(("decoder.", "post_quant_conv.")))
+        for name in ("encoder", "unet"):
+            getattr(self.suffix, name).requires_grad_(getattr(cfg, f"train_{name}"))
+        self.cls = DistanceClassifier()
+        self.distance = make_distance(cfg.distance, base.vae)
+        self.mu, self.mu_fast = mu, None
+        self.threshold = self.threshold_fast = 0.5
+        self.base_path = None
+
+    # -- parameters
+    def trainable(self) -> dict:
+        return {"suffix": self.suffix, "cls": self.cls}
+
+    def param_groups(self) -> list[dict]:
+        """Differential learning rates (paper: 1e-5 decoder, 5e-6 encoder and UNet)."""
+        c, s = self.cfg, self.suffix
+        groups = [{"params": list(self.cls.parameters()), "lr": c.lr_cls}]
+        for module, on, lr in ((s.encoder, c.train_encoder, c.lr_encoder), (s.unet, c.train_unet, c.lr_unet),
+                               (s.vae, c.train_decoder, c.lr_decoder)):
+            params = [p for p in module.parameters() if p.requires_grad]
+            if on and params:
+                groups.append({"params": params, "lr": lr})
+        return groups
+
+    # -- the frozen prefix
+    def tau(self, z: torch.Tensor) -> float:
+        return self.cfg.tau_scale * math.sqrt(z[0].numel())
+
+    @torch.no_grad()
+    def invert(self, x: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        """z_T (full: n inversion steps) or z at the suffix's start level (fast: k steps)."""
+        cond = self.base.image_embeddings(x)
+        steps = self.cfg.k if fast else self.cfg.n_steps
+        return ddim_invert(self.base.unet, self.inverse, encode_latent(self.base.vae, x), cond, steps,
+                           self.cfg.n_steps)
+
+    @torch.no_grad()
+    def prefix(self, x: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        """The latent entering the first trainable step: invert, perturb, run the frozen sampling steps.
+
+        Fast mode inverts only k steps, perturbs there (with the centre of that level) and skips the frozen
+        sampling steps: the suffix then runs the last k steps as usual.
+        """
+        z = self.invert(x, fast)
+        if self.cfg.perturb:
+            if self.mu is None:
+                raise RuntimeError("mu_real is not set: call fit_center() on real training images first")
+            mu = self.mu_fast if fast else self.mu
+            z = perturb_latent(z, mu.to(z), self.cfg.lam, self.tau(z))
+        frozen = self.timesteps[self.cfg.n_steps - self.cfg.k if fast else 0: self.frozen_steps]
+        if len(frozen):
+            z = ddim_steps(self.base.unet, self.scheduler, z, self.base.image_embeddings(x), frozen)
+        return z
+
+    @torch.no_grad()
+    def fit_center(self, real_x: torch.Tensor, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+        """mu_real from the inverted latents of real training images (full and fast-mode levels)."""
+        full, fast = [], []
+        for b in tqdm(real_x.split(batch_size), desc="real centre", disable=not progress):
+            full.append(self.invert(b))
+            fast.append(self.invert(b, fast=True))
+        self.mu = ema_center(torch.cat(full), self.cfg.ema_decay)
+        self.mu_fast = ema_center(torch.cat(fast), self.cfg.ema_decay)
+        return self.mu
+
+    # -- training objective
+    def loss(self, mods: dict, x: torch.Tensor, z_k: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """L_total (eq. 9) with L_CR (eq. 6), or the L1/L2 reconstruction losses of Table 2."""
+        x_hat = mods.get("suffix", self.suffix)(z_k, x)
+        d = self.distance(x, x_hat)
+        c = self.cfg
+        if c.loss == "cr":
+            l_rec = craft_cr_loss(d, y, c.m, c.delta, c.gamma)
+        elif c.loss in ("l1", "l2"):
+            diff = (x - x_hat).abs() if c.loss == "l1" else (x - x_hat) ** 2
+            l_rec = craft_recon_loss(diff.flatten(1).mean(1))
+        else:
+            raise ValueError(f"unknown CRAFT loss {c.loss!r}")
+        logits = mods.get("cls", self.cls)(d)
+        return craft_total_loss(l_rec, craft_ce_loss(logits, y), c.lambda_cls)
+
+    # -- inference
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        return self.suffix(self.prefix(x, fast), x)
+
+    @torch.no_grad()
+    def score(self, x: torch.Tensor, fast: bool = False, batch_size: int = 64, progress: bool = False):
+        """Per image: P(fake) from the classifier and the reconstruction distance."""
+        probs, dists = [], []
+        for b in tqdm(x.split(batch_size), desc="CRAFT score", disable=not progress):
+            d = self.distance(b, self.reconstruct(b, fast))
+            probs.append(self.cls(d).softmax(-1)[:, 1])
+            dists.append(d)
+        return torch.cat(probs).numpy(), torch.cat(dists).numpy()
+
+    def eval(self):
+        self.suffix.eval()
+        self.cls.eval()
+        return self
+
+    # -- persistence
+    def save(self, folder, extra: dict | None = None) -> Path:
+        """Fine-tuned pipeline + classifier + centre + threshold; the base backbone is referenced by path."""
+        from safetensors.torch import save_file
+        folder = Path(folder)
+        if self.base_path is None:
+            raise ValueError("save() needs the base backbone's path: build the model with Craft.from_backbone(path)")
+        s = self.suffix
+        tuned = ImageVariation(s.vae, s.encoder, s.unet, self.scheduler, self.base.feature_extractor)
+        tuned.save(folder / "pipeline")
+        tensors = {f"cls.{k}": v.contiguous() for k, v in self.cls.state_dict().items()}
+        if self.mu is not None:
+            tensors.update(mu_real=self.mu.contiguous(), mu_real_fast=self.mu_fast.contiguous())
+        save_file(tensors, str(folder / "craft.safetensors"))
+        meta = {"config": asdict(self.cfg), "threshold": self.threshold, "base": str(self.base_path),
+                "distance": distance_label(self.distance), **(extra or {})}
+        atomic_write_json(folder / "craft.json", meta)
+        return folder
+
+    @classmethod
+    def load(cls, folder) -> "Craft":
+        from safetensors.torch import load_file
+        from .data.images import DataError
+        folder = Path(folder)
+        if not (folder / "craft.json").is_file():
+            raise DataError(folder, "not a CRAFT checkpoint (craft.json missing)")
+        meta = json.loads((folder / "craft.json").read_text())
+        cfg = CraftConfig(**meta["config"])
+        model = cls.from_backbone(meta["base"], cfg)
+        tuned = load_image_variation(folder / "pipeline")
+        s = model.suffix
+        for mine, theirs, on in ((s.encoder, tuned.image_encoder, cfg.train_encoder), (s.unet, tuned.unet, cfg.train_unet),
+                                 (s.vae, tuned.vae, cfg.train_decoder)):
+            if on:
+                mine.load_state_dict(theirs.state_dict())
+        t = load_file(str(folder / "craft.safetensors"))
+        model.cls.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("cls.")})
+        model.mu, model.mu_fast = t.get("mu_real"), t.get("mu_real_fast")
+        model.threshold = meta["threshold"]
+        model.threshold_fast = meta.get("threshold_fast", meta["threshold"])
+        return model.eval()
+
+    @classmethod
+    def from_backbone(cls, path, cfg: CraftConfig) -> "Craft":
+        """Load the base StableDiffusionImageVariationPipeline folder (stand-in or real) and wrap it."""
+        model = cls(load_image_variation(path), cfg)
+        model.base_path = Path(path).resolve()
+        return model
+
+
+def _inverse_scheduler(scheduler):
+    from diffusers import DDIMInverseScheduler
+    return DDIMInverseScheduler.from_config(scheduler.config)
+
+
+# ------------------------------------------------------------------ training and calibration
+
+def prefix_cache(model: Craft, x: torch.Tensor, batch_size: int = 64, fast: bool = False,
+                 progress: bool = False) -> torch.Tensor:
+    """z_k for every image, computed once (the frozen prefix does not change while the suffix trains)."""
+    return torch.cat([model.prefix(b, fast) for b in tqdm(x.split(batch_size), desc="frozen-prefix cache",
+                                                            disable=not progress)])
+
+
+def balanced(x: torch.Tensor, y: torch.Tensor):
+    """Repeat the minority class so that real and fake are drawn equally often."""
+    idx = [torch.nonzero(y == c).flatten() for c in (0, 1)]
+    n = max(len(i) for i in idx)
+    keep = torch.cat([i.repeat(math.ceil(n / len(i)))[:n] for i in idx])
+    return keep
+
+
+def train(model: Craft, x: torch.Tensor, y: torch.Tensor, *, seed: int, out_dir=None, cache: bool = True,
+          progress: bool = True, accelerator=None) -> list[dict]:
+    """Fine-tune the suffix and the classifier with `udet_core.train.fit` (accelerate, checkpoints, resume).
+
+    With `cache=False` the frozen prefix is recomputed for every batch (the slow path the cache replaces).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+    from .train import Objective, fit
+    acc = accelerator or Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    keep = balanced(x, y)
+    x, y = x[keep], y[keep]
+    if cache:
+        z = prefix_cache(model, x, model.cfg.eval_batch_size, progress=progress and acc.is_local_main_process)
+        data = (x, z, y)
+
+        def loss(mods, batch):
+            return model.loss(mods, batch[0], batch[1], batch[2])
+    else:
+        data = (x, y)
+
+        def loss(mods, batch):
+            return model.loss(mods, batch[0], model.prefix(batch[0]), batch[1])
+
+    mods = model.trainable()
+    return fit(mods, [Objective("craft_loss", loss, model.param_groups(), lr=model.cfg.lr_cls)], data,
+               steps=model.cfg.steps, batch_size=model.cfg.batch_size, seed=seed, out_dir=out_dir,
+               checkpoint_every=max(25, model.cfg.steps // 4), desc="CRAFT fine-tune", progress=progress,
+               accelerator=acc)
+
+
+def calibrate_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The threshold on P(fake) that maximises balanced accuracy on the (validation) scores."""
+    cands = np.unique(np.r_[scores, 0.5])
+    best, best_t = -1.0, 0.5
+    for t in cands:
+        pred = scores >= t
+        bacc = 0.5 * ((pred[labels == 1]).mean() + (~pred[labels == 0]).mean())
+        if bacc > best:
+            best, best_t = bacc, float(t)
+    return best_t
+
+
+# ------------------------------------------------------------------ experiment and detection
+
+def split_tensors(images: np.ndarray, df, split: str):
+    """(x in [-1, 1], labels) of one split of a loaded manifest."""
+    from .data.images import to_tensor
+    mask = (df["split"] == split).to_numpy()
+    return to_tensor(images[mask]), torch.tensor(df["label"].to_numpy()[mask])
+
+
+def run_craft(p, run_dir, cfg: CraftConfig | None = None, seed: int | None = None, progress: bool = True,
+              force: bool = False, name: str = "craft") -> Path:
+    """Train CRAFT on the train split of udet-mini, calibrate thresholds on val; returns the checkpoint folder.
+
+    Cached like every artifact: a finished checkpoint with the same configs is reused; an interrupted one
+    resumes from its last training checkpoint. Works under `accelerate launch` (the main process saves).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+    from .benchmark import build_benchmark
+    from .data.manifest import load_images
+    from .runs import Artifact, Timer
+    cfg = cfg or p.craft
+    seed = p.seed if seed is None else seed
+    art = Artifact(run_dir, name, cfg, p.data, p.vae, p.sdiv, p.families, seed)
+    if art.done and not force:
+        return art.path
+    acc = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    bench = build_benchmark(p, run_dir, progress=False)
+    images, df, problems = load_images(bench.manifest)
+    timer = Timer()
+    torch.manual_seed(seed)
+    model = Craft.from_backbone(bench.generators.image_variation_path, cfg)
+    x, y = split_tensors(images, df, "train")
+    with timer("real_centre"):
+        model.fit_center(x[y == 0], cfg.eval_batch_size, progress=progress and acc.is_main_process)
+    out = art.begin() if acc.is_main_process else art.partial
+    acc.wait_for_everyone()
+    with timer("train"):
+        history = train(model, x, y, seed=seed, out_dir=out, progress=progress, accelerator=acc)
+    if acc.is_main_process:
+        model.eval()
+        xv, yv = split_tensors(images, df, "val")
+        with timer("calibrate_full"):
+            sv, _ = model.score(xv, batch_size=cfg.eval_batch_size, progress=progress)
+        with timer("calibrate_fast"):
+            sf, _ = model.score(xv, fast=True, batch_size=cfg.eval_batch_size, progress=progress)
+        model.threshold = calibrate_threshold(sv, yv.numpy())
+        model.save(out, {"threshold_fast": calibrate_threshold(sf, yv.numpy()), "seed": seed, "history": history,
+                         "skipped_files": problems})
+        art.commit(timings_s=timer.timings, seed=seed, final=history[-1] if history else {})
+    acc.wait_for_everyone()
+    return art.path
+
+
+def detect_images(model: Craft, paths, fast: bool = False, batch_size: int = 64, progress: bool = False):
+    """Score image files: (DataFrame path/score/label/distance, problems [(path, reason)]).
+
+    Images larger or non-square are centre-cropped and resized to the model's resolution; bad files are
+    skipped and reported.
+    """
+    import pandas as pd
+    from .data.images import load_many, to_tensor
+    arrays, kept, problems = load_many(paths, progress=progress)
+    paths = [str(paths[i]) for i in kept]
+    if not arrays:
+        return pd.DataFrame(columns=["path", "score", "label", "distance"]), problems
+    t0 = time.perf_counter()
+    scores, dists = model.score(to_tensor(arrays, size=model.base.resolution), fast=fast, batch_size=batch_size,
+                                progress=progress)
+    threshold = model.threshold_fast if fast else model.threshold
+    df = pd.DataFrame({"path": paths, "score": scores, "label": np.where(scores >= threshold, "fake", "real"),
+                       "distance": dists})
+    df.attrs["images_per_s"] = len(df) / (time.perf_counter() - t0)
+    return df, problems
