@@ -37,6 +37,22 @@ def test_perturbation_eq4_and_bound_eq11():
     assert (bounded.flatten(1).norm(dim=1) <= 1.0 + 1e-5).all()
 
 
+def test_power_iteration_matches_the_exact_jacobian_norm(tiny_run, tiny):
+    from udet_core.craft import ddim_step_spectral_norm
+    _, bench = tiny_run
+    m = _model(bench, tiny.craft)
+    torch.manual_seed(1)
+    x = torch.rand(1, 3, tiny.data.resolution, tiny.data.resolution) * 2 - 1
+    z = m.invert(x)
+    t, cond = m.timesteps[1], m.base.image_embeddings(x)
+
+    def g(flat):
+        zz = flat.view_as(z)
+        return m.scheduler.step(m.base.unet(zz, t, encoder_hidden_states=cond).sample, t, zz).prev_sample.flatten()
+    exact = torch.linalg.matrix_norm(torch.autograd.functional.jacobian(g, z.flatten()), 2).item()
+    assert ddim_step_spectral_norm(m.base.unet, m.scheduler, t, cond, z, iters=40).item() == pytest.approx(exact, rel=0.03)
+
+
 def test_ema_center_is_an_ema():
     lat = torch.tensor([[1.0], [3.0]])
     assert ema_center(lat, 0.5).item() == pytest.approx(2.0)

@@ -104,8 +104,8 @@ class CraftConfig:
     ema_decay: float = 0.99        # real-centre EMA (eq. 2)
     perturb: bool = True
     loss: str = "cr"               # cr | l1 | l2 (Table 2)
-    m: float = 0.4                 # CR margin (eq. 6), in units of `distance`
-    delta: float = 0.3             # CR tolerance window
+    m: float = 0.15                # CR margin (eq. 6), in units of `distance` (paper: 0.4 with ImageNet LPIPS)
+    delta: float = 0.15            # CR tolerance window (paper: 0.3)
     gamma: float = 0.5             # CR penalty above m + delta
     lambda_cls: float = 1.0        # eq. 9
     distance: str = "lpips-vgg"    # mse | lpips-vgg (random backbone unless ImageNet weights are cached) | vae-features
@@ -116,7 +116,7 @@ class CraftConfig:
     lr_unet: float = 5e-5          # paper 5e-6
     lr_decoder: float = 1e-4       # paper 1e-5
     lr_cls: float = 1e-2
-    steps: int = 200
+    steps: int = 100
     batch_size: int = 16
     eval_batch_size: int = 64
 
@@ -163,8 +163,8 @@ def _paper() -> Profile:
                                    batch_size=64, lr=2e-4),
         gan=GANConfig(nz=128, ngf=64, ndf=64, steps=30000),
         families=FamilyConfig(n_fake={"train": 4000, "val": 500, "test": 1000}, sample_steps=50),
-        craft=CraftConfig(n_steps=50, k=15, lr_encoder=5e-6, lr_unet=5e-6, lr_decoder=1e-5, lr_cls=1e-3,
-                          steps=20000, batch_size=32),
+        craft=CraftConfig(n_steps=50, k=15, m=0.4, delta=0.3, lr_encoder=5e-6, lr_unet=5e-6, lr_decoder=1e-5,
+                          lr_cls=1e-3, steps=20000, batch_size=32),
     )
 
 
