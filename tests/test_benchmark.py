@@ -79,16 +79,20 @@ def test_fake_regenerates_from_its_seed(tiny_run, tiny, family):
 
 
 def test_rebuild_reuses_cache(tiny_run, tiny):
+    from dataclasses import replace
     run_dir, bench = tiny_run
     before = (bench.root / "done.json").stat().st_mtime_ns
     again = build_benchmark(tiny, run_dir, progress=False)
     assert again.root == bench.root and (again.root / "done.json").stat().st_mtime_ns == before
+    # a detector's config is not part of the benchmark's key
+    other = build_benchmark(replace(tiny, craft=replace(tiny.craft, lam=9.0)), run_dir, progress=False)
+    assert other.root == bench.root
 
 
 def test_artifacts_record_provenance(tiny_run):
     info = json.loads((tiny_run[1].root / "done.json").read_text())
     for key in ("code_version", "timings_s", "configs", "created"):
         assert key in info
-    assert info["configs"][0]["seed"] == 0
+    assert info["configs"][-1] == 0 and "resolution" in info["configs"][0]   # seed; data config
     card = (tiny_run[1].root / "README.md").read_text()
     assert "synthetic" in card.lower() and "licence" in card

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     t.add_argument("--force", action="store_true")
 
     be = sub.add_parser("bench", help="performance benchmarks")
-    be.add_argument("what", choices=["craft-cache", "craft-detect"])
+    be.add_argument("what", choices=["craft-cache", "craft-detect", "craft-distance"])
     be.add_argument("--profile", default="default", choices=["tiny", "default", "paper"])
     be.add_argument("--run-dir", default=None)
     be.add_argument("--n-steps", type=int, default=50)
@@ -73,6 +73,9 @@ def main(argv=None) -> int:
         p, run_dir = get_profile(a.profile), a.run_dir or default_run_dir(a.profile)
         if a.what == "craft-cache":
             print(json.dumps(bench.craft_cache(p, run_dir, a.n_steps, a.k), indent=2))
+        elif a.what == "craft-distance":
+            import pandas as pd
+            print(pd.DataFrame(bench.craft_distance(p, run_dir)).to_string(index=False))
         else:
             if not a.checkpoint:
                 ap.error("craft-detect needs --checkpoint")

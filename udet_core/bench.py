@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+import numpy as np
 import torch
 
 
@@ -78,4 +79,33 @@ def craft_detect(checkpoint, p, run_dir, split: str = "test", batch_size: int = 
         rows.append({"mode": "fast" if fast else "full", "unet_evals_per_image":
                      2 * model.cfg.k if fast else 2 * model.cfg.n_steps, "images_per_s": round(len(x) / wall, 1),
                      **{k: round(v, 4) for k, v in summary(y.numpy(), s, thr).items()}})
+    return rows
+
+
+def craft_distance(p, run_dir, names=("mse", "lpips-vgg", "vae-features"), steps: int = 120, seed: int = 0) -> list[dict]:
+    """How the choice of d(x, x_hat) affects CRAFT: train one short model per distance, report validation AUC
+    and training time. (How the offline default distance was chosen; ImageNet LPIPS weights are not available.)"""
+    from sklearn.metrics import roc_auc_score
+    from .benchmark import build_benchmark
+    from .craft import Craft, split_tensors, train
+    from .data.manifest import load_images
+    from .distances import distance_label
+    bench = build_benchmark(p, run_dir, progress=False)
+    images, df, _ = load_images(bench.manifest)
+    x, y = split_tensors(images, df, "train")
+    xv, yv = split_tensors(images, df, "val")
+    rows = []
+    for name in names:
+        torch.manual_seed(seed)
+        model = Craft.from_backbone(bench.generators.image_variation_path, replace(p.craft, distance=name, steps=steps))
+        model.fit_center(x[y == 0])
+        t0 = time.perf_counter()
+        hist = train(model, x, y, seed=seed, progress=False)
+        wall = time.perf_counter() - t0
+        s, d = model.eval().score(xv)
+        yn = yv.numpy()
+        rows.append({"distance": distance_label(model.distance), "train_s": round(wall, 1), "steps": steps,
+                     "val_AUC": round(roc_auc_score(yn, s), 3), "val_AUC_of_raw_distance": round(roc_auc_score(yn, d), 3),
+                     "median_d_real": float(np.median(d[yn == 0])), "median_d_fake": float(np.median(d[yn == 1])),
+                     "final_loss": round(float(np.mean([h["craft_loss"] for h in hist[-10:]])), 3)})
     return rows

@@ -31,7 +31,7 @@ from .models.backbones import (ImageVariation, build_ddim, build_image_variation
                                load_image_variation)
 from .models.gan import Discriminator, Generator
 from .models.sampling import ddim_sample, seeded_noise
-from .profiles import Profile, config_dict
+from .profiles import Profile
 from .runs import Artifact, Timer, atomic_write_json, atomic_write_text
 from .train import Objective, fit
 
@@ -319,6 +319,11 @@ def _fake_rows(p: Profile, family: str, models: dict, root: Path, ref: dict, pro
     return rows
 
 
+def benchmark_configs(p: Profile) -> tuple:
+    """The configs that determine udet-mini (its cache key): not the detectors' configs."""
+    return p.data, p.vae, p.sdiv, p.pixel, p.gan, p.families, p.seed
+
+
 def build_benchmark(p: Profile, run_dir, progress: bool = True, force: bool = False) -> Benchmark:
     """Build (or reuse) udet-mini for profile `p` under `run_dir`; returns its manifest and generator paths."""
     check_split_photos(p.data.split_photos)
@@ -326,7 +331,7 @@ def build_benchmark(p: Profile, run_dir, progress: bool = True, force: bool = Fa
     if unknown:
         raise ValueError(f"unknown families {sorted(unknown)}; known: {FAMILIES}")
     gens = train_generators(p, run_dir, progress, force)
-    art = Artifact(run_dir, "udet-mini", p)
+    art = Artifact(run_dir, "udet-mini", *benchmark_configs(p))
     if art.done and not force:
         return Benchmark(art.path, art.path / "manifest.csv", gens)
     root = art.begin()
@@ -344,7 +349,7 @@ def build_benchmark(p: Profile, run_dir, progress: bool = True, force: bool = Fa
     write_manifest(df, root / "manifest.csv")
     atomic_write_json(root / "reference_stats.json", ref)
     atomic_write_text(root / "README.md", data_card(p, df, gens))
-    art.commit(timings_s=timer.timings, profile=config_dict(p), generators={k: str(v) for k, v in vars(gens).items()})
+    art.commit(timings_s=timer.timings, generators={k: str(v) for k, v in vars(gens).items()})
     return Benchmark(art.path, art.path / "manifest.csv", gens)
 
 

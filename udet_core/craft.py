@@ -301,11 +301,20 @@ def balanced(x: torch.Tensor, y: torch.Tensor):
     return keep
 
 
+def prefix_key(model: Craft) -> dict:
+    """Everything the frozen prefix depends on (besides the images): variants that agree share one cache."""
+    c = model.cfg
+    return {"backbone": str(model.base_path), "n_steps": c.n_steps, "frozen_steps": model.frozen_steps,
+            "perturb": c.perturb, "lam": c.lam if c.perturb else None, "tau_scale": c.tau_scale if c.perturb else None,
+            "ema_decay": c.ema_decay}
+
+
 def train(model: Craft, x: torch.Tensor, y: torch.Tensor, *, seed: int, out_dir=None, cache: bool = True,
-          progress: bool = True, accelerator=None) -> list[dict]:
+          cache_file=None, progress: bool = True, accelerator=None) -> list[dict]:
     """Fine-tune the suffix and the classifier with `udet_core.train.fit` (accelerate, checkpoints, resume).
 
     With `cache=False` the frozen prefix is recomputed for every batch (the slow path the cache replaces).
+    With `cache_file`, the prefix cache is read from / written to that safetensors file.
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -314,7 +323,15 @@ def train(model: Craft, x: torch.Tensor, y: torch.Tensor, *, seed: int, out_dir=
     keep = balanced(x, y)
     x, y = x[keep], y[keep]
     if cache:
-        z = prefix_cache(model, x, model.cfg.eval_batch_size, progress=progress and acc.is_local_main_process)
+        from safetensors.torch import load_file, save_file
+        if cache_file is not None and Path(cache_file).is_file():
+            z = load_file(str(cache_file))["z"]
+        else:
+            z = prefix_cache(model, x, model.cfg.eval_batch_size, progress=progress and acc.is_local_main_process)
+            if cache_file is not None and acc.is_main_process:
+                tmp = Path(cache_file).with_suffix(".tmp")
+                save_file({"z": z.contiguous()}, str(tmp))
+                tmp.replace(cache_file)
         data = (x, z, y)
 
         def loss(mods, batch):
@@ -381,8 +398,11 @@ def run_craft(p, run_dir, cfg: CraftConfig | None = None, seed: int | None = Non
         model.fit_center(x[y == 0], cfg.eval_batch_size, progress=progress and acc.is_main_process)
     out = art.begin() if acc.is_main_process else art.partial
     acc.wait_for_everyone()
+    from .benchmark import benchmark_configs
+    from .profiles import config_hash
+    cache_file = Path(run_dir) / "artifacts" / f"craft-prefix-{config_hash(prefix_key(model), *benchmark_configs(p))}.safetensors"
     with timer("train"):
-        history = train(model, x, y, seed=seed, out_dir=out, progress=progress, accelerator=acc)
+        history = train(model, x, y, seed=seed, out_dir=out, cache_file=cache_file, progress=progress, accelerator=acc)
     if acc.is_main_process:
         model.eval()
         xv, yv = split_tensors(images, df, "val")
