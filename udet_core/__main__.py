@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     be.add_argument("--n-steps", type=int, default=50)
     be.add_argument("--k", type=int, default=15)
     be.add_argument("--checkpoint", default=None, help="for craft-detect: a CRAFT checkpoint folder")
+    be.add_argument("--train", default="encoder,unet,decoder", help="for craft-cache: modules that train")
 
     a = ap.parse_args(argv)
     if a.cmd == "reproduce":
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
         from .runner import default_run_dir
         p, run_dir = get_profile(a.profile), a.run_dir or default_run_dir(a.profile)
         if a.what == "craft-cache":
-            print(json.dumps(bench.craft_cache(p, run_dir, a.n_steps, a.k), indent=2))
+            print(json.dumps(bench.craft_cache(p, run_dir, a.n_steps, a.k, modules=a.train.split(",")), indent=2))
         elif a.what == "craft-distance":
             import pandas as pd
             print(pd.DataFrame(bench.craft_distance(p, run_dir)).to_string(index=False))

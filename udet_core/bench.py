@@ -17,7 +17,7 @@ def _timeit(fn, repeat: int = 2) -> float:
 
 
 def craft_cache(p, run_dir, n_steps: int = 50, k: int = 15, n_images: int = 256, batch_size: int = 16,
-                seed: int = 0) -> dict:
+                seed: int = 0, modules=("encoder", "unet", "decoder")) -> dict:
     """Per-epoch cost of CRAFT fine-tuning with and without the frozen-prefix cache.
 
     One training step = forward + backward + update on one batch; an epoch = n_images / batch_size steps.
@@ -28,7 +28,8 @@ def craft_cache(p, run_dir, n_steps: int = 50, k: int = 15, n_images: int = 256,
     from .craft import Craft, prefix_cache, split_tensors
     from .data.manifest import load_images
     from .train import Objective
-    cfg = replace(p.craft, n_steps=n_steps, k=k, batch_size=batch_size)
+    cfg = replace(p.craft, n_steps=n_steps, k=k, batch_size=batch_size,
+                  **{f"train_{m}": m in modules for m in ("encoder", "unet", "decoder")})
     bench = build_benchmark(p, run_dir, progress=False)
     images, df, _ = load_images(bench.manifest)
     x, y = split_tensors(images, df, "train")

@@ -1,6 +1,7 @@
 """`python -m udet_core reproduce`: execute the numbered notebooks headless with papermill, in order."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -83,6 +84,9 @@ def reproduce(profile: str = "default", run_dir=None, only=None, force: bool = F
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     record = {"profile": profile, "run_dir": str(run_dir), "figures_dir": str(figures_dir), "seed": seed,
               "code_version": code_version(), "kernel": kernel, "notebooks": {}}
+    previous = run_dir / "reproduce.json"
+    if only and previous.exists():  # a partial run updates the record of the notebooks it ran
+        record["notebooks"] = json.loads(previous.read_text()).get("notebooks", {})
     print(f"udet reproduce: profile={profile} run_dir={run_dir} figures={figures_dir}", flush=True)
     t_all = time.perf_counter()
     for i, name in enumerate(wanted, 1):
