@@ -476,7 +476,7 @@ def ddim_step_spectral_norm(unet, scheduler, t, cond, z: torch.Tensor, iters: in
     return sigma.detach()
 
 
-def trajectory_jacobian_norms(model: Craft, x: torch.Tensor, iters: int = 8) -> np.ndarray:
+def trajectory_jacobian_norms(model: Craft, x: torch.Tensor, iters: int = 8, progress: bool = False) -> np.ndarray:
     """Spectral norm of every DDIM sampling step's Jacobian along each image's reconstruction trajectory,
     (n_steps, N): frozen steps use the base UNet, the last k the fine-tuned one (paper §4.2, never measured there)."""
     with torch.no_grad():
@@ -486,7 +486,7 @@ def trajectory_jacobian_norms(model: Craft, x: torch.Tensor, iters: int = 8) -> 
         cond_base = model.base.image_embeddings(x)
         cond_tuned = model.suffix.encoder(model.base.clip_pixels(x)).image_embeds.unsqueeze(1)
     norms = []
-    for i, t in enumerate(model.timesteps):
+    for i, t in enumerate(tqdm(model.timesteps, desc="step Jacobians", disable=not progress)):
         tuned = i >= model.frozen_steps
         unet, cond = (model.suffix.unet, cond_tuned) if tuned else (model.base.unet, cond_base)
         norms.append(ddim_step_spectral_norm(unet, model.scheduler, t, cond, z, iters).numpy())
