@@ -41,7 +41,7 @@ def test_real_fake_folders_layout(tmp_path):
     _png(tmp_path / "test" / "progan" / "car" / "1_fake" / "b.png")
     _png(tmp_path / "test" / "stylegan" / "0_real" / "c.png")
     _png(tmp_path / "test" / "stylegan" / "1_fake" / "d.png")
-    df = read_real_fake_folders(tmp_path).set_index(df_key := "path")
+    df = read_real_fake_folders(tmp_path).set_index("path")
     row = df.loc[str(tmp_path / "test" / "progan" / "car" / "1_fake" / "b.png")]
     assert (row.label, row.generator, row.domain, row.split) == (1, "progan", "car", "test")
     row = df.loc[str(tmp_path / "test" / "stylegan" / "0_real" / "c.png")]

@@ -5,22 +5,27 @@ import argparse
 import sys
 
 
+PROFILES = ["tiny", "default", "paper"]
+
+
+def _run_args(parser, force: bool = True) -> None:
+    """The arguments every command on udet-mini shares: profile, run dir, seed (and --force)."""
+    parser.add_argument("--profile", default="default", choices=PROFILES)
+    parser.add_argument("--run-dir", default=None, help="default: runs/<profile>")
+    parser.add_argument("--seed", type=int, default=0)
+    if force:
+        parser.add_argument("--force", action="store_true", help="rebuild cached artifacts instead of reusing them")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m udet_core", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("reproduce", help="execute notebooks 00-05 with papermill (executed copies in the run dir)")
-    r.add_argument("--profile", default="default", choices=["tiny", "default", "paper"])
-    r.add_argument("--run-dir", default=None, help="default: runs/<profile>")
+    _run_args(r)
     r.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 00,03")
-    r.add_argument("--force", action="store_true", help="rebuild cached artifacts instead of reusing them")
-    r.add_argument("--seed", type=int, default=0)
 
-    b = sub.add_parser("build-benchmark", help="build (or reuse) the embedded benchmark udet-mini only")
-    b.add_argument("--profile", default="default", choices=["tiny", "default", "paper"])
-    b.add_argument("--run-dir", default=None)
-    b.add_argument("--force", action="store_true")
-    b.add_argument("--seed", type=int, default=0)
+    _run_args(sub.add_parser("build-benchmark", help="build (or reuse) the embedded benchmark udet-mini only"))
 
     d = sub.add_parser("detect", help="score images with a CRAFT checkpoint; writes one CSV row per image")
     d.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
@@ -30,16 +35,12 @@ def main(argv=None) -> int:
     d.add_argument("--batch-size", type=int, default=64)
 
     t = sub.add_parser("train-craft", help="train CRAFT on udet-mini (works under `accelerate launch`)")
-    t.add_argument("--profile", default="default", choices=["tiny", "default", "paper"])
-    t.add_argument("--run-dir", default=None)
-    t.add_argument("--seed", type=int, default=0)
+    _run_args(t)
     t.add_argument("--name", default="craft", help="artifact name (folder prefix in the run dir)")
-    t.add_argument("--force", action="store_true")
 
     be = sub.add_parser("bench", help="performance benchmarks")
     be.add_argument("what", choices=["craft-cache", "craft-detect", "craft-distance"])
-    be.add_argument("--profile", default="default", choices=["tiny", "default", "paper"])
-    be.add_argument("--run-dir", default=None)
+    _run_args(be, force=False)
     be.add_argument("--n-steps", type=int, default=50)
     be.add_argument("--k", type=int, default=15)
     be.add_argument("--checkpoint", default=None, help="for craft-detect: a CRAFT checkpoint folder")
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
         from . import bench
         from .profiles import get_profile
         from .runner import default_run_dir
-        p, run_dir = get_profile(a.profile), a.run_dir or default_run_dir(a.profile)
+        p, run_dir = get_profile(a.profile, seed=a.seed), a.run_dir or default_run_dir(a.profile)
         if a.what == "craft-cache":
             print(json.dumps(bench.craft_cache(p, run_dir, a.n_steps, a.k, modules=a.train.split(",")), indent=2))
         elif a.what == "craft-distance":

@@ -25,9 +25,8 @@ def craft_cache(p, run_dir, n_steps: int = 50, k: int = 15, n_images: int = 256,
     cached run pays that once per image when the cache is built, not in every epoch.
     """
     from .benchmark import build_benchmark
-    from .craft import Craft, prefix_cache, split_tensors
+    from .craft import Craft, split_tensors
     from .data.manifest import load_images
-    from .train import Objective
     cfg = replace(p.craft, n_steps=n_steps, k=k, batch_size=batch_size,
                   **{f"train_{m}": m in modules for m in ("encoder", "unet", "decoder")})
     bench = build_benchmark(p, run_dir, progress=False)

@@ -23,10 +23,6 @@ def mse_distance(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     return ((x - x_hat) ** 2).flatten(1).mean(1)
 
 
-def l1_distance(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-    return (x - x_hat).abs().flatten(1).mean(1)
-
-
 class LPIPSDistance(nn.Module):
     """lpips.LPIPS (spatial average); ImageNet backbone if cached locally, else random (labelled)."""
 
@@ -70,11 +66,9 @@ class VAEFeatureDistance(nn.Module):
 
 
 def make_distance(name: str, vae=None):
-    """'mse' | 'l1' | 'lpips-vgg' | 'lpips-alex' | 'vae-features' -> callable (x, x_hat) -> (N,)."""
+    """'mse' | 'lpips-vgg' | 'lpips-alex' | 'vae-features' -> callable (x, x_hat) -> (N,)."""
     if name == "mse":
         return mse_distance
-    if name == "l1":
-        return l1_distance
     if name.startswith("lpips-"):
         return LPIPSDistance(name.split("-")[1])
     if name == "vae-features":
