@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from udet_core.craft import (Craft, calibrate_threshold, detect_images, ema_center, perturb_latent, prefix_cache,
+from udet_core.craft import (Craft, detect_images, ema_center, perturb_latent, prefix_cache,
                              run_craft, split_tensors, train)
 from udet_core.data.manifest import load_images
 from udet_core.losses import craft_cr_loss, craft_total_loss
+from udet_core.metrics import calibrate_threshold
 
 
 def test_cr_loss_matches_eq6_by_hand():

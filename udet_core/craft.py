@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .detectors import Detector, register
 from .distances import distance_label, make_distance
+from .metrics import calibrate_threshold
 from .losses import craft_ce_loss, craft_cr_loss, craft_recon_loss, craft_total_loss
 from .models.backbones import ImageVariation, load_image_variation
 from .profiles import CraftConfig
@@ -293,14 +295,6 @@ def prefix_cache(model: Craft, x: torch.Tensor, batch_size: int = 64, fast: bool
                                                             disable=not progress)])
 
 
-def balanced(x: torch.Tensor, y: torch.Tensor):
-    """Repeat the minority class so that real and fake are drawn equally often."""
-    idx = [torch.nonzero(y == c).flatten() for c in (0, 1)]
-    n = max(len(i) for i in idx)
-    keep = torch.cat([i.repeat(math.ceil(n / len(i)))[:n] for i in idx])
-    return keep
-
-
 def prefix_key(model: Craft) -> dict:
     """Everything the frozen prefix depends on (besides the images): variants that agree share one cache."""
     c = model.cfg
@@ -318,7 +312,7 @@ def train(model: Craft, x: torch.Tensor, y: torch.Tensor, *, seed: int, out_dir=
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
-    from .train import Objective, fit
+    from .train import Objective, balanced, fit
     acc = accelerator or Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     keep = balanced(x, y)
     x, y = x[keep], y[keep]
@@ -349,18 +343,6 @@ def train(model: Craft, x: torch.Tensor, y: torch.Tensor, *, seed: int, out_dir=
                accelerator=acc)
 
 
-def calibrate_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
-    """The threshold on P(fake) that maximises balanced accuracy on the (validation) scores."""
-    cands = np.unique(np.r_[scores, 0.5])
-    best, best_t = -1.0, 0.5
-    for t in cands:
-        pred = scores >= t
-        bacc = 0.5 * ((pred[labels == 1]).mean() + (~pred[labels == 0]).mean())
-        if bacc > best:
-            best, best_t = bacc, float(t)
-    return best_t
-
-
 # ------------------------------------------------------------------ experiment and detection
 
 def split_tensors(images: np.ndarray, df, split: str):
@@ -368,6 +350,28 @@ def split_tensors(images: np.ndarray, df, split: str):
     from .data.images import to_tensor
     mask = (df["split"] == split).to_numpy()
     return to_tensor(images[mask]), torch.tensor(df["label"].to_numpy()[mask])
+
+
+def fit_craft(model: Craft, images: np.ndarray, df, *, seed: int, out_dir, cache_dir, timer=None,
+              progress: bool = True, accelerator=None) -> list[dict]:
+    """Fit the real centre on the real rows, then fine-tune on all rows (uint8 images + their manifest rows).
+
+    The frozen-prefix cache goes to `cache_dir/craft-prefix-<key>.safetensors`, keyed by everything the prefix
+    depends on and by which images it holds, so seeds and variants with the same prefix share it.
+    """
+    from .data.images import to_tensor
+    from .detectors import rows_key
+    from .profiles import config_hash
+    from .runs import Timer
+    timer = timer or Timer()
+    x, y = to_tensor(images), torch.tensor(df["label"].to_numpy())
+    main = accelerator is None or accelerator.is_main_process
+    with timer("real_centre"):
+        model.fit_center(x[y == 0], model.cfg.eval_batch_size, progress=progress and main)
+    cache_file = Path(cache_dir) / f"craft-prefix-{config_hash(prefix_key(model), rows_key(df))}.safetensors"
+    with timer("train"):
+        return train(model, x, y, seed=seed, out_dir=out_dir, cache_file=cache_file, progress=progress,
+                     accelerator=accelerator)
 
 
 def run_craft(p, run_dir, cfg: CraftConfig | None = None, seed: int | None = None, progress: bool = True,
@@ -393,16 +397,11 @@ def run_craft(p, run_dir, cfg: CraftConfig | None = None, seed: int | None = Non
     timer = Timer()
     torch.manual_seed(seed)
     model = Craft.from_backbone(bench.generators.image_variation_path, cfg)
-    x, y = split_tensors(images, df, "train")
-    with timer("real_centre"):
-        model.fit_center(x[y == 0], cfg.eval_batch_size, progress=progress and acc.is_main_process)
     out = art.begin() if acc.is_main_process else art.partial
     acc.wait_for_everyone()
-    from .benchmark import benchmark_configs
-    from .profiles import config_hash
-    cache_file = Path(run_dir) / "artifacts" / f"craft-prefix-{config_hash(prefix_key(model), *benchmark_configs(p))}.safetensors"
-    with timer("train"):
-        history = train(model, x, y, seed=seed, out_dir=out, cache_file=cache_file, progress=progress, accelerator=acc)
+    train_rows = (df["split"] == "train").to_numpy()
+    history = fit_craft(model, images[train_rows], df[train_rows], seed=seed, out_dir=out, cache_dir=Path(run_dir) / "artifacts",
+                        timer=timer, progress=progress, accelerator=acc)
     if acc.is_main_process:
         model.eval()
         xv, yv = split_tensors(images, df, "val")
@@ -493,3 +492,51 @@ def trajectory_jacobian_norms(model: Craft, x: torch.Tensor, iters: int = 8, pro
         with torch.no_grad():
             z = ddim_steps(unet, model.scheduler, z, cond, [t])
     return np.stack(norms)
+
+
+# ------------------------------------------------------------------ registry entry
+
+@register("craft")
+class CraftDetector(Detector):
+    """CRAFT in the common protocol: fine-tuned on the given rows; full-mode P(fake) as the score. The saved
+    folder is a complete CRAFT checkpoint (full- and fast-mode thresholds), usable by `detect`."""
+
+    def __init__(self, p, run_dir):
+        super().__init__(p, run_dir)
+        self.cfg, self.model = p.craft, None
+
+    def config(self):
+        return asdict(self.cfg)
+
+    def _backbone(self):
+        from .benchmark import build_benchmark
+        return build_benchmark(self.p, self.run_dir, progress=False).generators.image_variation_path
+
+    def fit(self, images, df, *, seed, out_dir, progress=False):
+        torch.manual_seed(seed)
+        self.model = Craft.from_backbone(self._backbone(), self.cfg)
+        self.history = fit_craft(self.model, images, df, seed=seed, out_dir=out_dir, cache_dir=self.run_dir / "artifacts",
+                                 progress=progress)
+        self.model.eval()
+        return {"final_loss": self.history[-1]["craft_loss"] if self.history else None}
+
+    def score(self, images, *, progress=False):
+        from .data.images import to_tensor
+        return self.model.score(to_tensor(images, size=self.model.base.resolution),
+                                batch_size=self.cfg.eval_batch_size, progress=progress)[0]
+
+    def calibrate(self, images, labels, *, progress=False):
+        from .data.images import to_tensor
+        super().calibrate(images, labels, progress=progress)
+        fast, _ = self.model.score(to_tensor(images, size=self.model.base.resolution), fast=True,
+                                   batch_size=self.cfg.eval_batch_size, progress=progress)
+        self.model.threshold, self.threshold_fast = self.threshold, calibrate_threshold(fast, labels)
+
+    def save(self, folder):
+        self.model.save(folder, {"threshold_fast": self.threshold_fast, "history": self.history})
+
+    @classmethod
+    def load(cls, folder, p, run_dir):
+        det = cls(p, run_dir)
+        det.model = Craft.load(folder)
+        return det

@@ -7,6 +7,7 @@ on the workbench-trained AutoencoderKL encoder (LPIPS-style: unit-normalised cha
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -32,7 +33,9 @@ class LPIPSDistance(nn.Module):
         self.pretrained_backbone = imagenet_weights_cached(net)
         self.name = f"lpips-{net}" + ("" if self.pretrained_backbone else "-random")
         torch.manual_seed(0)  # a random backbone must be the same network in every run
-        self.net = lpips.LPIPS(net=net, pnet_rand=not self.pretrained_backbone, verbose=False).eval()
+        with warnings.catch_warnings():  # torchvision's deprecation notice for lpips's `pretrained=` argument
+            warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+            self.net = lpips.LPIPS(net=net, pnet_rand=not self.pretrained_backbone, verbose=False).eval()
         self.net.requires_grad_(False)
 
     def forward(self, x, x_hat):

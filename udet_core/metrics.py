@@ -38,3 +38,30 @@ def summary(labels, scores, threshold: float) -> dict:
     return {"n": len(y), "acc": float((pred == y).mean()), "real_acc": float((~pred[y == 0]).mean()),
             "fake_acc": float(pred[y == 1].mean()), "AP": float(average_precision_score(y, s)),
             "AUC": float(roc_auc_score(y, s)), "TPR@5%FPR": tpr_at_fpr(y, s)}
+
+
+def calibrate_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The threshold on the score that maximises balanced accuracy on (validation) scores."""
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        raise ValueError("threshold calibration needs real and fake validation images")
+    cands = np.unique(scores)
+    cands = np.r_[cands, cands[-1] + 1e-6]
+    best, best_t = -1.0, float(cands[0])
+    for t in cands:
+        pred = scores >= t
+        bacc = 0.5 * (pred[labels == 1].mean() + (~pred[labels == 0]).mean())
+        if bacc > best:
+            best, best_t = bacc, float(t)
+    return best_t
+
+
+def mean_std_table(long: pd.DataFrame, by: list[str], metrics: list[str], digits: int = 3) -> pd.DataFrame:
+    """One row per `by` group: each metric as 'mean ± std' over the group's rows (seeds), and the seed count."""
+    g = long.groupby(by, sort=False)[metrics]
+    mean, std = g.mean(), g.std(ddof=1).fillna(0.0)
+    out = pd.DataFrame(index=mean.index)
+    for c in metrics:
+        out[c] = [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(mean[c], std[c])]
+    out["seeds"] = g.size()
+    return out.reset_index()

@@ -122,6 +122,48 @@ class CraftConfig:
 
 
 @dataclass(frozen=True)
+class ClassifierConfig:
+    """A small ResNet on pixels (CNNSpot-style, Wang et al. 2020) or on DIRE images: training and augmentation."""
+    widths: tuple[int, ...] = (16, 32, 64)   # one BasicBlock per stage; stride 2 from the second stage on
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 1e-3
+    blur_prob: float = 0.5                   # CNNSpot "Blur+JPEG (0.5)"
+    blur_sigma: tuple[float, float] = (0.0, 1.0)   # paper (0, 3) at 256 px; scaled to the profile's resolution
+    jpeg_prob: float = 0.5
+    jpeg_quality: tuple[int, int] = (30, 100)
+
+
+@dataclass(frozen=True)
+class DireConfig:
+    """DIRE (Wang et al. 2023): |x - DDIM-reconstruction(DDIM-inversion(x))|, then a ResNet classifier."""
+    n_steps: int = 20                        # official: 20 inversion + 20 reconstruction steps
+    batch_size: int = 64
+    classifier: ClassifierConfig = ClassifierConfig(blur_prob=0.0, jpeg_prob=0.0)   # official DIRE: no augmentation
+
+
+@dataclass(frozen=True)
+class AerobladeConfig:
+    """AEROBLADE (Ricker et al. 2024): training-free, min over autoencoders of an LPIPS layer distance."""
+    layer: int = 2                           # official: the 2nd VGG layer's LPIPS distance ("lpips_vgg_2")
+    extra_autoencoders: tuple[str, ...] = ()  # AutoencoderKL folders besides the benchmark's own VAE
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The common protocol: detectors, seeds, robustness grid, format-bias check, cross-domain matrix."""
+    detectors: tuple[str, ...] = ("craft", "dire", "aeroblade", "cnnspot")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    jpeg_qualities: tuple = (None, 90, 70, 50)
+    crop_ratios: tuple[float, ...] = (1.0, 0.9, 0.7, 0.5)
+    blur_sigmas: tuple[float, ...] = (0.5, 1.0)
+    robustness_per_class: int = 32          # test images per class in the robustness sweep
+    format_jpeg_quality: int = 95
+    cross_domain: bool = True                # train on one content domain, test on each (CRAFT Table 1 analogue)
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str = "default"
     seed: int = 0
@@ -132,6 +174,10 @@ class Profile:
     gan: GANConfig = GANConfig()
     families: FamilyConfig = FamilyConfig()
     craft: CraftConfig = CraftConfig()
+    cnnspot: ClassifierConfig = ClassifierConfig()
+    dire: DireConfig = DireConfig()
+    aeroblade: AerobladeConfig = AerobladeConfig()
+    eval: EvalConfig = EvalConfig()
 
 
 def _tiny() -> Profile:
@@ -147,6 +193,11 @@ def _tiny() -> Profile:
         gan=GANConfig(nz=8, ngf=8, ndf=8, steps=4, batch_size=8),
         families=FamilyConfig(n_fake={"train": 8, "val": 4, "test": 8}, sample_steps=3, batch_size=16),
         craft=CraftConfig(n_steps=5, k=2, steps=4, batch_size=4, eval_batch_size=16, distance="mse"),
+        cnnspot=ClassifierConfig(widths=(4, 8), steps=4, batch_size=8),
+        dire=DireConfig(n_steps=3, classifier=ClassifierConfig(widths=(4, 8), steps=4, batch_size=8, blur_prob=0.0,
+                                                                jpeg_prob=0.0)),
+        eval=EvalConfig(seeds=(0, 1), jpeg_qualities=(None, 50), crop_ratios=(1.0, 0.5), blur_sigmas=(1.0,),
+                        robustness_per_class=4),
     )
 
 
@@ -165,6 +216,10 @@ def _paper() -> Profile:
         families=FamilyConfig(n_fake={"train": 4000, "val": 500, "test": 1000}, sample_steps=50),
         craft=CraftConfig(n_steps=50, k=15, m=0.4, delta=0.3, lr_encoder=5e-6, lr_unet=5e-6, lr_decoder=1e-5,
                           lr_cls=1e-3, steps=20000, batch_size=32),
+        cnnspot=ClassifierConfig(widths=(64, 128, 256, 512), steps=20000, blur_sigma=(0.0, 1.5)),
+        dire=DireConfig(classifier=ClassifierConfig(widths=(64, 128, 256, 512), steps=20000, blur_prob=0.0,
+                                                    jpeg_prob=0.0)),
+        eval=EvalConfig(seeds=(0, 1, 2, 3, 4), blur_sigmas=(0.5, 1.0, 2.0), robustness_per_class=500),
     )
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
-from .runs import REPO_ROOT, atomic_write_json, code_version
+from .runs import REPO_ROOT, PeakRSS, atomic_write_json, code_version
 
 NOTEBOOKS = ("00_data_prep", "01_gduf", "02_diga", "03_craft_training", "04_ablations", "05_honeycomb_collapse")
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -37,36 +36,6 @@ def check_kernel(name: str = "python3") -> str:
                            f"({sys.executable}); remove that kernelspec or run "
                            f"`{sys.executable} -m ipykernel install --sys-prefix`")
     return " ".join(spec.argv)
-
-
-class PeakMemory:
-    """Samples the resident memory of this process's children (the kernel) in a background thread."""
-
-    def __init__(self, interval: float = 0.5):
-        import psutil
-        self.proc, self.interval, self.peak_mb = psutil.Process(), interval, 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        import psutil
-        while not self._stop.is_set():
-            total = 0
-            for c in self.proc.children(recursive=True):
-                try:
-                    total += c.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak_mb = max(self.peak_mb, total / 2**20)
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def reproduce(profile: str = "default", run_dir=None, only=None, force: bool = False, seed: int = 0,
@@ -100,7 +69,7 @@ def reproduce(profile: str = "default", run_dir=None, only=None, force: bool = F
         params = {"profile": profile, "run_dir": str(run_dir), "figures_dir": str(figures_dir), "seed": seed,
                   "force": force, "progress": True}
         status = "ok"
-        with PeakMemory() as mem:
+        with PeakRSS(children=True, interval=0.5) as mem:
             try:
                 pm.execute_notebook(str(src), str(out_dir / f"{name}.ipynb"), parameters=params, kernel_name="python3",
                                     cwd=str(REPO_ROOT), log_output=True, progress_bar=False,

@@ -9,6 +9,7 @@ import resource
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -135,3 +136,39 @@ class Timer:
             yield
         finally:
             self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
+class PeakRSS:
+    """Peak resident memory (MiB) while a block runs, sampled in a background thread: of this process, or of
+    its children (a notebook kernel) with `children=True`."""
+
+    def __init__(self, children: bool = False, interval: float = 0.05):
+        import psutil
+        self.proc, self.children, self.interval, self.peak_mb = psutil.Process(), children, interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _rss(self) -> int:
+        import psutil
+        procs = self.proc.children(recursive=True) if self.children else [self.proc]
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, self._rss() / 2**20)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self._rss() / 2**20)

@@ -8,6 +8,7 @@ run would, and N processes split the very batch that one process would see. Stat
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -119,3 +120,11 @@ def save_checkpoint(acc: Accelerator, ckpt: Path, step: int, history: list[dict]
         os.replace(tmp, ckpt)
         shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
+
+
+def balanced(x: torch.Tensor, y: torch.Tensor):
+    """Repeat the minority class so that real and fake are drawn equally often."""
+    idx = [torch.nonzero(y == c).flatten() for c in (0, 1)]
+    n = max(len(i) for i in idx)
+    keep = torch.cat([i.repeat(math.ceil(n / len(i)))[:n] for i in idx])
+    return keep

@@ -78,3 +78,28 @@ def curves(histories: dict, keys, title: str | None = None, smooth: int = 10):
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def robustness_figure(long, detector: str, metric: str = "acc", note: str = "synthetic stand-in data"):
+    """One detector's robustness: `metric` (mean over seeds) over JPEG quality x centre-crop ratio, and
+    against Gaussian blur (sigma 0 = clean), from the long table of `evaluation.robustness`."""
+    d = long[long["detector"] == detector]
+    grid = d[d["blur_sigma"] == 0].groupby(["jpeg_quality", "crop_ratio"], sort=False)[metric].mean().unstack()
+    grid = grid[sorted(grid.columns, reverse=True)]
+    blur = d[(d["jpeg_quality"] == "none") & (d["crop_ratio"] == 1.0)].groupby("blur_sigma")[metric].agg(["mean", "std"])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3), gridspec_kw={"width_ratios": [1.3, 1]})
+    im = a.imshow(grid.to_numpy(dtype=float), vmin=0.0 if metric != "AP" else 0.3, vmax=1.0, cmap="viridis")
+    for (i, j), v in np.ndenumerate(grid.to_numpy(dtype=float)):
+        a.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="w" if v < 0.75 else "k")
+    a.set_xticks(range(grid.shape[1]), [f"{c:g}" for c in grid.columns])
+    a.set_yticks(range(grid.shape[0]), [str(r) for r in grid.index])
+    a.set_xlabel("centre-crop ratio (resized back)")
+    a.set_ylabel("JPEG quality")
+    fig.colorbar(im, ax=a, fraction=0.046)
+    b.errorbar(blur.index, blur["mean"], yerr=blur["std"].fillna(0), marker="o", capsize=3)
+    b.set_xlabel("Gaussian blur sigma (px)")
+    b.set_ylabel(metric)
+    b.set_ylim(0, 1.02)
+    fig.suptitle(f"{detector}: {metric} under post-processing, both classes ({note})", fontsize=9)
+    fig.tight_layout()
+    return fig

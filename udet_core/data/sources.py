@@ -39,6 +39,7 @@ class Photo:
     origin: str         # package that ships it
     licence: str
     load: Callable[[], list[np.ndarray]]
+    content: str = "scene"   # content domain for cross-domain tests: "scene" (everyday photos) or "science"
 
 
 PHOTOS: dict[str, Photo] = {p.name: p for p in [
@@ -49,15 +50,20 @@ PHOTOS: dict[str, Photo] = {p.name: p for p in [
     Photo("motorcycle", "a motorcycle in a workshop", "scikit-image",
           "Middlebury 2014 stereo benchmark (Scharstein et al.), bundled with scikit-image", _motorcycle),
     Photo("hubble_deep_field", "a field of distant galaxies", "scikit-image", "public domain (NASA)",
-          _skimage("hubble_deep_field")),
+          _skimage("hubble_deep_field"), "science"),
     Photo("immunohistochemistry", "stained tissue under a microscope", "scikit-image",
-          "no known copyright restrictions", _skimage("immunohistochemistry")),
-    Photo("retina", "the back of a human eye", "scikit-image", "CC0 1.0", _skimage("retina")),
+          "no known copyright restrictions", _skimage("immunohistochemistry"), "science"),
+    Photo("retina", "the back of a human eye", "scikit-image", "CC0 1.0", _skimage("retina"), "science"),
     Photo("china", "a temple roof among trees", "scikit-learn", "CC BY 2.0 (danielbuechele, Flickr)",
           _sklearn("china.jpg")),
     Photo("flower", "a pink flower with a bee", "scikit-learn", "CC BY 2.0 (vultilion, Flickr)",
           _sklearn("flower.jpg")),
 ]}
+
+def content_domain(source: str) -> str | None:
+    """The content domain of a source photo ('scene' or 'science'); None for unconditional samples (no source)."""
+    return PHOTOS[source].content if source in PHOTOS else None
+
 
 SCALE_WORDS = {0.12: "close-up", 0.25: "detail", 0.5: "medium", 1.0: "wide"}
 

@@ -1,0 +1,150 @@
+"""The detector registry and the common evaluation protocol; the baselines' own mechanics."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from udet_core import evaluation
+from udet_core.detectors import DETECTORS, Detector, detector_class, fitted, register
+from udet_core.metrics import calibrate_threshold, mean_std_table
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_run, tiny):
+    run_dir, _ = tiny_run
+    images, df = evaluation.load_benchmark(tiny, run_dir)
+    return tiny, run_dir, images, df
+
+
+class Brightness(Detector):
+    """A toy detector: the distance of an image's mean brightness from the real training images' mean."""
+    fitted_on = []
+
+    def fit(self, images, df, *, seed, out_dir, progress=False):
+        Brightness.fitted_on.append(set(df["split"]))
+        self.mu = float(images[df["label"].to_numpy() == 0].mean()) + seed * 0.01
+        return {"mu": self.mu}
+
+    def score(self, images, *, progress=False):
+        return np.abs(images.reshape(len(images), -1).mean(1) - self.mu)
+
+    def save(self, folder):
+        (folder / "toy.json").write_text(json.dumps({"mu": self.mu}))
+
+    @classmethod
+    def load(cls, folder, p, run_dir):
+        det = cls(p, run_dir)
+        det.mu = json.loads((folder / "toy.json").read_text())["mu"]
+        return det
+
+
+def test_a_registered_toy_detector_gets_every_table(bench):
+    p, run_dir, images, df = bench
+    register("toy-brightness")(Brightness)
+    try:
+        names, seeds = ["toy-brightness"], (0, 1, 2)
+        summ, fam, long, fam_long = evaluation.comparison(p, run_dir, images, df, names, seeds)
+        assert list(summ["subset"]) == ["all test", "reals + seen families", "reals + held-out families"]
+        assert (summ["seeds"] == 3).all() and (summ["images_per_s"] > 0).all() and (summ["peak_rss_mb"] > 0).all()
+        assert summ["AP"].str.fullmatch(r"\d\.\d{3} ± \d\.\d{3}").all()
+        assert len(long) == 9 and long[["acc", "AP", "AUC"]].apply(lambda c: c.between(0, 1)).all().all()
+        assert set(fam["family"]) == set(p.families.seen) | set(p.families.held_out)
+        assert len(fam_long) == 3 * len(fam)
+        # fitted on train rows only; the threshold comes from the validation split
+        assert all(s == {"train"} for s in Brightness.fitted_on)
+        det = fitted("toy-brightness", p, run_dir, images, df, seed=1)
+        val = (df["split"] == "val").to_numpy()
+        assert det.threshold == pytest.approx(calibrate_threshold(det.score(images[val]), df["label"][val].to_numpy()))
+        n_fits = len(Brightness.fitted_on)
+        fitted("toy-brightness", p, run_dir, images, df, seed=1)
+        assert len(Brightness.fitted_on) == n_fits          # cached: loaded, not refitted
+
+        matrix, xlong = evaluation.cross_domain(p, run_dir, images, df, names, seeds)
+        assert set(matrix["train_domain"]) == {"scene", "science"}
+        assert {"acc on scene", "acc on science"} <= set(matrix.columns)
+        assert len(xlong) == 2 * 2 * 3 and xlong["n"].gt(0).all()
+
+        rob, rob_long = evaluation.robustness(p, run_dir, images, df, names, seeds)
+        assert len(rob) == len(evaluation.robustness_conditions(p))
+        assert len(rob_long) == len(rob) * 3 and (rob_long["n"] == 2 * p.eval.robustness_per_class).all()
+
+        fmt, fmt_long = evaluation.format_bias(p, run_dir, images, df, names, seeds)
+        assert len(fmt) == 1 and len(fmt_long) == 3
+        assert fmt_long["flipped_all"].between(0, 1).all()
+    finally:
+        DETECTORS.pop("toy-brightness", None)
+
+
+def test_unknown_detector_is_named():
+    with pytest.raises(ValueError, match="unknown detector 'nope'.*registered"):
+        detector_class("nope")
+
+
+def test_mean_std_table_by_hand():
+    long = pd.DataFrame({"d": ["a", "a", "a", "b"], "x": [0.1, 0.2, 0.3, 0.5]})
+    t = mean_std_table(long, ["d"], ["x"])
+    assert list(t["x"]) == ["0.200 ± 0.100", "0.500 ± 0.000"] and list(t["seeds"]) == [3, 1]
+
+
+def test_calibration_needs_both_classes():
+    with pytest.raises(ValueError, match="real and fake"):
+        calibrate_threshold(np.array([0.1, 0.2]), np.array([0, 0]))
+
+
+@pytest.mark.parametrize("name", ["cnnspot", "dire", "aeroblade", "craft"])
+def test_builtin_detector_fits_saves_and_reloads(bench, name):
+    p, run_dir, images, df = bench
+    det = fitted(name, p, run_dir, images, df, seed=0)
+    again = fitted(name, p, run_dir, images, df, seed=0)          # loaded from its artifact
+    x = images[(df["split"] == "test").to_numpy()][:8]
+    s = det.score(x)
+    assert s.shape == (8,) and np.isfinite(s).all()
+    assert np.allclose(again.score(x), s, atol=1e-5) and again.threshold == det.threshold
+
+
+def test_dire_cache_matches_a_fresh_reconstruction(bench):
+    p, run_dir, images, df = bench
+    det = fitted("dire", p, run_dir, images, df, seed=0)
+    x = images[(df["split"] == "val").to_numpy()][:4]
+    cached = det.dire_images(x)
+    det.use_cache = False
+    fresh = det.dire_images(x)
+    assert cached.dtype == np.uint8 and np.array_equal(cached, fresh) and fresh.max() > 0
+
+
+def test_aeroblade_takes_the_minimum_over_autoencoders(bench, tmp_path):
+    from dataclasses import replace
+
+    from diffusers import AutoencoderKL
+    from udet_core.baselines.aeroblade import Aeroblade
+    p, run_dir, images, df = bench
+    vae = AutoencoderKL.from_pretrained(str(_vae_path(p, run_dir)))
+    torch.manual_seed(1)
+    other = AutoencoderKL.from_config(vae.config)                 # an untrained second autoencoder
+    other.save_pretrained(tmp_path / "other_ae")
+    x = images[:6]
+    one = Aeroblade(p, run_dir).score(x)
+    two = Aeroblade(replace(p, aeroblade=replace(p.aeroblade, extra_autoencoders=(str(tmp_path / "other_ae"),))),
+                    run_dir).score(x)
+    assert (two >= one - 1e-6).all()                              # -min over more autoencoders can only rise
+
+
+def _vae_path(p, run_dir):
+    from udet_core.benchmark import build_benchmark
+    return build_benchmark(p, run_dir, progress=False).generators.vae_path
+
+
+def test_cnnspot_augmentation_is_seeded_and_switchable():
+    from udet_core.baselines.cnnspot import blur_jpeg_augment
+    from udet_core.profiles import ClassifierConfig
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8))
+    off = ClassifierConfig(blur_prob=0.0, jpeg_prob=0.0)
+    on = ClassifierConfig(blur_prob=1.0, jpeg_prob=1.0)
+    assert torch.equal(blur_jpeg_augment(x, off), x)
+    torch.manual_seed(0)
+    a = blur_jpeg_augment(x, on)
+    torch.manual_seed(0)
+    b = blur_jpeg_augment(x, on)
+    assert torch.equal(a, b) and not torch.equal(a, x)

@@ -1,0 +1,64 @@
+"""AEROBLADE (Ricker et al., CVPR 2024, "Training-free detection of latent diffusion images using autoencoder
+reconstruction error"): an image made by a latent diffusion model is reconstructed almost perfectly by that
+model's autoencoder. Score = -min over autoencoders of an LPIPS layer distance between x and AE(x).
+
+Official code: the VAEs of SD1, SD2 and Kandinsky, LPIPS on ImageNet VGG16, distance of the 2nd layer only
+("lpips_vgg_2"). Here: the benchmark's AutoencoderKL plus any AutoencoderKL folders listed in the config; the
+VGG backbone is ImageNet's when it is in the torch cache, otherwise random (the distance name says which).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..detectors import Detector, register
+from ..distances import LPIPSDistance
+from ..profiles import config_dict
+from ..progress import tqdm
+
+
+@torch.no_grad()
+def ae_reconstruct(vae, x: torch.Tensor) -> torch.Tensor:
+    """AE(x) = D(E(x)) with the posterior mode (deterministic)."""
+    return vae.decode(vae.encode(x).latent_dist.mode()).sample
+
+
+@torch.no_grad()
+def lpips_layer_distance(lpips_distance: LPIPSDistance, x: torch.Tensor, y: torch.Tensor, layer: int) -> torch.Tensor:
+    """The LPIPS distance of one backbone layer (1-based, as AEROBLADE's `lpips_vgg_<layer>`), per image."""
+    _, per_layer = lpips_distance.net(x, y, retPerLayer=True)
+    return per_layer[layer - 1].flatten()
+
+
+def aeroblade_score(vaes, lpips_distance, x: torch.Tensor, layer: int) -> torch.Tensor:
+    """-min_AE d_layer(x, AE(x)): higher = more likely made by one of the autoencoders' models."""
+    d = torch.stack([lpips_layer_distance(lpips_distance, x, ae_reconstruct(v, x).clamp(-1, 1), layer) for v in vaes])
+    return -d.min(0).values
+
+
+@register("aeroblade")
+class Aeroblade(Detector):
+    """Training-free: the only fitted quantity is the decision threshold (calibrated on validation data)."""
+    trains = False
+
+    def __init__(self, p, run_dir):
+        super().__init__(p, run_dir)
+        self.cfg, self._vaes = p.aeroblade, None
+        self.lpips = LPIPSDistance("vgg")
+
+    def config(self):
+        return {**config_dict(self.cfg), "distance": self.lpips.name}
+
+    def autoencoders(self):
+        if self._vaes is None:
+            from diffusers import AutoencoderKL
+            from ..benchmark import build_benchmark
+            paths = [build_benchmark(self.p, self.run_dir, progress=False).generators.vae_path,
+                     *self.cfg.extra_autoencoders]
+            self._vaes = [AutoencoderKL.from_pretrained(str(q)).eval().requires_grad_(False) for q in paths]
+        return self._vaes
+
+    def score(self, images, *, progress=False):
+        from ..data.images import to_tensor
+        x = to_tensor(images)
+        return torch.cat([aeroblade_score(self.autoencoders(), self.lpips, b, self.cfg.layer)
+                          for b in tqdm(x.split(self.cfg.batch_size), desc="AEROBLADE", disable=not progress)]).numpy()

@@ -1,0 +1,126 @@
+"""CNNSpot-style baseline (Wang et al., CVPR 2020, "CNN-generated images are surprisingly easy to spot"):
+a ResNet trained on pixels with Blur+JPEG augmentation. The network and its training loop are shared with
+DIRE, which trains the same classifier on reconstruction-error images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import perturb
+from ..detectors import Detector, register
+from ..profiles import ClassifierConfig, config_dict
+
+
+class SmallResNet(nn.Module):
+    """A ResNet for small images: 3x3 stem (no early downsampling, so pixel fingerprints survive), one
+    torchvision BasicBlock per stage (stride 2 from the second stage on), global average pool, one logit."""
+
+    def __init__(self, widths=(16, 32, 64)):
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock
+        layers = [nn.Conv2d(3, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
+        c = widths[0]
+        for i, w in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            down = None if stride == 1 and c == w else nn.Sequential(nn.Conv2d(c, w, 1, stride, bias=False),
+                                                                    nn.BatchNorm2d(w))
+            layers.append(BasicBlock(c, w, stride, down))
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c, 1)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3))).squeeze(1)
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [-1, 1]."""
+    return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def blur_jpeg_augment(images: torch.Tensor, cfg: ClassifierConfig) -> torch.Tensor:
+    """CNNSpot's Blur+JPEG augmentation on a uint8 NHWC batch: each image is blurred with probability
+    `blur_prob` (sigma uniform in `blur_sigma`) and JPEG-compressed with probability `jpeg_prob` (quality
+    uniform in `jpeg_quality`). Random draws use torch's generator, so checkpoints resume them exactly."""
+    if cfg.blur_prob <= 0 and cfg.jpeg_prob <= 0:
+        return images
+    out = images.numpy().copy()
+    for i in range(len(out)):
+        u = torch.rand(4).tolist()
+        if u[0] < cfg.blur_prob:
+            out[i] = perturb.gaussian_blur(out[i], cfg.blur_sigma[0] + u[1] * (cfg.blur_sigma[1] - cfg.blur_sigma[0]))
+        if u[2] < cfg.jpeg_prob:
+            lo, hi = cfg.jpeg_quality
+            out[i] = perturb.jpeg(out[i], int(round(lo + u[3] * (hi - lo))))
+    return torch.from_numpy(out)
+
+
+def train_classifier(images: np.ndarray, labels: np.ndarray, cfg: ClassifierConfig, *, seed: int, out_dir=None,
+                     progress: bool = False, desc: str = "classifier") -> tuple[SmallResNet, list[dict]]:
+    """Binary cross-entropy training of a SmallResNet on uint8 images (balanced classes), with `train.fit`."""
+    from ..train import Objective, balanced, fit
+    torch.manual_seed(seed)
+    net = SmallResNet(cfg.widths)
+    x, y = torch.from_numpy(np.ascontiguousarray(images)), torch.tensor(np.asarray(labels))
+    keep = balanced(x, y)
+    loss_fn = nn.BCEWithLogitsLoss()
+
+    def loss(mods, batch):
+        xb, yb = batch
+        return loss_fn(mods["net"](to_input(blur_jpeg_augment(xb.cpu(), cfg).to(xb.device))), yb.float())
+
+    history = fit({"net": net}, [Objective("bce", loss, [{"params": list(net.parameters())}], lr=cfg.lr)],
+                  (x[keep], y[keep]), steps=cfg.steps, batch_size=cfg.batch_size, seed=seed, out_dir=out_dir,
+                  checkpoint_every=max(50, cfg.steps // 4), desc=desc, progress=progress)
+    return net.eval(), history
+
+
+@torch.no_grad()
+def classifier_scores(net: SmallResNet, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """P(fake) for uint8 NHWC images."""
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    return torch.cat([torch.sigmoid(net(to_input(b))) for b in x.split(batch_size)]).numpy()
+
+
+def save_classifier(net: SmallResNet, folder) -> None:
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(Path(folder) / "classifier.safetensors"))
+
+
+def load_classifier(folder, widths) -> SmallResNet:
+    from safetensors.torch import load_file
+    net = SmallResNet(widths)
+    net.load_state_dict(load_file(str(Path(folder) / "classifier.safetensors")))
+    return net.eval()
+
+
+@register("cnnspot")
+class CNNSpot(Detector):
+    """ResNet on pixels, Blur+JPEG augmentation (CNNSpot-style; small ResNet for the profile's resolution)."""
+
+    def __init__(self, p, run_dir):
+        super().__init__(p, run_dir)
+        self.cfg, self.net = p.cnnspot, None
+
+    def config(self):
+        return config_dict(self.cfg)
+
+    def fit(self, images, df, *, seed, out_dir, progress=False):
+        self.net, history = train_classifier(images, df["label"].to_numpy(), self.cfg, seed=seed, out_dir=out_dir,
+                                             progress=progress, desc="CNNSpot")
+        return {"final_bce": history[-1]["bce"] if history else None}
+
+    def score(self, images, *, progress=False):
+        return classifier_scores(self.net, images)
+
+    def save(self, folder):
+        save_classifier(self.net, folder)
+
+    @classmethod
+    def load(cls, folder, p, run_dir):
+        det = cls(p, run_dir)
+        det.net = load_classifier(folder, det.cfg.widths)
+        return det

@@ -1,0 +1,163 @@
+"""One evaluation protocol for every registered detector (`udet_core.detectors`).
+
+Every function takes detector names and seeds, fits (or loads the cached) detectors through the registry, and
+returns tables in long form (one row per detector x seed x ...) plus 'mean ± std' summaries. Thresholds are
+always the ones calibrated on validation data; the test split only ever gets scored.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .data import perturb
+from .data.sources import content_domain
+from .detectors import fitted, scoring_cost
+from .metrics import mean_std_table, per_family_table, summary
+from .progress import tqdm
+
+METRICS = ["acc", "AP", "AUC", "TPR@5%FPR", "real_acc", "fake_acc"]
+
+
+def load_benchmark(p, run_dir):
+    """(uint8 images, manifest with a `content` column) of udet-mini for profile `p`; bad files are skipped."""
+    from .benchmark import build_benchmark
+    from .data.manifest import load_images
+    images, df, _ = load_images(build_benchmark(p, run_dir, progress=False).manifest)
+    return images, df.assign(content=[content_domain(s) for s in df["source"]])
+
+
+def summary_subsets(test: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The rows each summary line is computed on: all test images, reals + seen, reals + held-out families."""
+    return {"all test": np.ones(len(test), bool), "reals + seen families": (test.role != "held_out").to_numpy(),
+            "reals + held-out families": (test.role != "seen").to_numpy()}
+
+
+def comparison(p, run_dir, images, df, detectors=None, seeds=None, progress: bool = False, cost_images: int = 128):
+    """The comparison table (CRAFT Table 1/3 analogue on udet-mini) for every detector and seed.
+
+    Returns (summary: mean ± std per detector and subset with cost columns, per_family: mean ± std per detector
+    and family, long: one row per detector x seed x subset, family_long: one row per detector x seed x family).
+    """
+    detectors, seeds = detectors or p.eval.detectors, seeds or p.eval.seeds
+    test_mask = (df["split"] == "test").to_numpy()
+    test, x_test, y_test = df[test_mask].reset_index(drop=True), images[test_mask], df["label"].to_numpy()[test_mask]
+    rows, fam_rows, costs = [], [], []
+    for name in detectors:
+        fit_s = []
+        for seed in tqdm(seeds, desc=f"{name} seeds", disable=not progress):
+            det = fitted(name, p, run_dir, images, df, seed=seed, progress=progress)
+            fit_s.append(det.fit_s if det.trains else 0.0)
+            s = det.score(x_test, progress=progress)
+            for subset, m in summary_subsets(test).items():
+                rows.append({"detector": name, "seed": seed, "subset": subset, **summary(y_test[m], s[m], det.threshold)})
+            fam = per_family_table(test, s, threshold=det.threshold)
+            fam_rows.append(fam.assign(detector=name, seed=seed))
+        cost = scoring_cost(det, x_test[:cost_images])
+        costs.append({"detector": name, "fit_s": float(np.mean(fit_s)), **cost})
+    long = pd.DataFrame(rows)
+    family_long = pd.concat(fam_rows, ignore_index=True)
+    summ = mean_std_table(long, ["detector", "subset"], METRICS)
+    cost = pd.DataFrame(costs).round({"fit_s": 1, "images_per_s": 1, "peak_rss_mb": 0, "scoring_extra_mb": 0})
+    summ = summ.merge(cost, on="detector")
+    fam_metrics = ["AP", "AUC", "TPR@5%FPR", "fake_acc", "real_acc"]
+    per_family = mean_std_table(family_long, ["detector", "role", "family"], fam_metrics)
+    return summ, per_family, long, family_long
+
+
+def cross_domain(p, run_dir, images, df, detectors=None, seeds=None, progress: bool = False):
+    """CRAFT Table 1 analogue: fit on one content domain (train + val rows of that domain), test on each.
+
+    Only images with a content domain take part: reals and the families made from real crops (their `source`
+    names a photo); unconditional samples have no content domain. Returns (matrix of 'acc mean ± std' with
+    rows detector x train domain and one column per test domain, long table).
+    """
+    detectors, seeds = detectors or p.eval.detectors, seeds or p.eval.seeds
+    has = df["content"].notna().to_numpy()
+    domains = sorted(df.loc[has, "content"].unique())
+    rows = []
+    for name in detectors:
+        for train_dom in domains:
+            in_dom = has & (df["content"] == train_dom).to_numpy()
+            for seed in tqdm(seeds, desc=f"{name} trained on {train_dom}", disable=not progress):
+                det = fitted(name, p, run_dir, images, df, seed=seed, progress=progress,
+                             train_mask=in_dom & (df["split"] == "train").to_numpy(),
+                             val_mask=in_dom & (df["split"] == "val").to_numpy())
+                for test_dom in domains:
+                    m = has & (df["split"] == "test").to_numpy() & (df["content"] == test_dom).to_numpy()
+                    y = df["label"].to_numpy()[m]
+                    rows.append({"detector": name, "train_domain": train_dom, "test_domain": test_dom, "seed": seed,
+                                 **summary(y, det.score(images[m]), det.threshold)})
+    long = pd.DataFrame(rows)
+    cells = mean_std_table(long, ["detector", "train_domain", "test_domain"], ["acc", "AP"])
+    matrix = cells.pivot(index=["detector", "train_domain"], columns="test_domain", values="acc")
+    matrix.columns = [f"acc on {c}" for c in matrix.columns]
+    return matrix.reset_index(), long
+
+
+def robustness_conditions(p) -> list[dict]:
+    """JPEG quality x centre-crop ratio (CRAFT appendix Tables B/C), then Gaussian blur alone."""
+    e = p.eval
+    conds = [{"jpeg_quality": q, "crop_ratio": r, "blur_sigma": 0.0} for q in e.jpeg_qualities for r in e.crop_ratios]
+    return conds + [{"jpeg_quality": None, "crop_ratio": 1.0, "blur_sigma": s} for s in e.blur_sigmas]
+
+
+def balanced_test_sample(df, n_per_class: int, seed: int = 0) -> np.ndarray:
+    """Indices of `n_per_class` test reals and `n_per_class` test fakes (all families), fixed by `seed`."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for label in (0, 1):
+        idx = np.flatnonzero(((df["split"] == "test") & (df["label"] == label)).to_numpy())
+        out.append(np.sort(rng.choice(idx, min(n_per_class, len(idx)), replace=False)))
+    return np.concatenate(out)
+
+
+def robustness(p, run_dir, images, df, detectors=None, seeds=None, progress: bool = False):
+    """Scores of both classes under each post-processing condition, at the clean validation threshold.
+
+    Returns (summary: mean ± std of acc and AP per detector and condition, long table)."""
+    detectors, seeds = detectors or p.eval.detectors, seeds or p.eval.seeds
+    idx = balanced_test_sample(df, p.eval.robustness_per_class)
+    y = df["label"].to_numpy()[idx]
+    conds = robustness_conditions(p)
+    perturbed = [np.stack([perturb.apply(a, **c) for a in images[idx]]) for c in conds]
+    rows = []
+    for name in detectors:
+        for seed in seeds:
+            det = fitted(name, p, run_dir, images, df, seed=seed, progress=progress)
+            for c, x in zip(tqdm(conds, desc=f"{name} seed {seed} robustness", disable=not progress), perturbed):
+                s = det.score(x)
+                rows.append({"detector": name, "seed": seed, "jpeg_quality": c["jpeg_quality"] or "none",
+                             "crop_ratio": c["crop_ratio"], "blur_sigma": c["blur_sigma"],
+                             **summary(y, s, det.threshold)})
+    long = pd.DataFrame(rows)
+    summ = mean_std_table(long, ["detector", "jpeg_quality", "crop_ratio", "blur_sigma"], ["acc", "AP"])
+    return summ, long
+
+
+def format_bias(p, run_dir, images, df, detectors=None, seeds=None, progress: bool = False):
+    """Score every test image as stored (PNG) and after a JPEG round trip at `p.eval.format_jpeg_quality`:
+    how many decisions flip, per class, and how far the mean score moves in units of the PNG scores' standard
+    deviation (DIRE's JPEG/PNG confound).
+
+    Returns (summary mean ± std per detector, long table)."""
+    detectors, seeds = detectors or p.eval.detectors, seeds or p.eval.seeds
+    m = (df["split"] == "test").to_numpy()
+    x_png, y = images[m], df["label"].to_numpy()[m]
+    q = p.eval.format_jpeg_quality
+    x_jpg = np.stack([perturb.jpeg(a, q) for a in x_png])
+    rows = []
+    for name in detectors:
+        for seed in tqdm(seeds, desc=f"{name} format bias", disable=not progress):
+            det = fitted(name, p, run_dir, images, df, seed=seed, progress=progress)
+            s_png, s_jpg = det.score(x_png), det.score(x_jpg)
+            d_png, d_jpg = s_png >= det.threshold, s_jpg >= det.threshold
+            flip = d_png != d_jpg
+            rows.append({"detector": name, "seed": seed, "flipped_all": flip.mean(), "flipped_real": flip[y == 0].mean(),
+                         "flipped_fake": flip[y == 1].mean(),
+                         "real_called_fake_png": d_png[y == 0].mean(), "real_called_fake_jpeg": d_jpg[y == 0].mean(),
+                         "fake_called_fake_png": d_png[y == 1].mean(), "fake_called_fake_jpeg": d_jpg[y == 1].mean(),
+                         "acc_png": (d_png == y).mean(), "acc_jpeg": (d_jpg == y).mean(),
+                         "score_shift_in_sd": float((s_jpg - s_png).mean() / max(s_png.std(), 1e-12))})
+    long = pd.DataFrame(rows)
+    metrics = [c for c in long.columns if c not in ("detector", "seed")]
+    return mean_std_table(long, ["detector"], metrics), long
