@@ -77,6 +77,26 @@ def test_a_registered_toy_detector_gets_every_table(bench):
         DETECTORS.pop("toy-brightness", None)
 
 
+def test_evaluation_scores_each_image_set_once(bench):
+    p, run_dir, images, df = bench
+    calls = []
+
+    class Counting(Brightness):
+        def score(self, images, *, progress=False):
+            calls.append(len(images))
+            return super().score(images)
+
+    register("toy-counting")(Counting)
+    try:
+        evaluation.format_bias(p, run_dir, images, df, ["toy-counting"], (0,))
+        n = len(calls)
+        again, _ = evaluation.format_bias(p, run_dir, images, df, ["toy-counting"], (0,))
+        assert n >= 2 and len(calls) == n                         # the rerun read the stored scores
+        assert again["flipped_all"].str.match(r"\d").all()
+    finally:
+        DETECTORS.pop("toy-counting", None)
+
+
 def test_unknown_detector_is_named():
     with pytest.raises(ValueError, match="unknown detector 'nope'.*registered"):
         detector_class("nope")
@@ -118,17 +138,21 @@ def test_aeroblade_takes_the_minimum_over_autoencoders(bench, tmp_path):
     from dataclasses import replace
 
     from diffusers import AutoencoderKL
-    from udet_core.baselines.aeroblade import Aeroblade
+    from udet_core.baselines.aeroblade import Aeroblade, aeroblade_score
+    from udet_core.data.images import to_tensor
     p, run_dir, images, df = bench
     vae = AutoencoderKL.from_pretrained(str(_vae_path(p, run_dir)))
     torch.manual_seed(1)
     other = AutoencoderKL.from_config(vae.config)                 # an untrained second autoencoder
     other.save_pretrained(tmp_path / "other_ae")
-    x = images[:6]
-    one = Aeroblade(p, run_dir).score(x)
-    two = Aeroblade(replace(p, aeroblade=replace(p.aeroblade, extra_autoencoders=(str(tmp_path / "other_ae"),))),
-                    run_dir).score(x)
-    assert (two >= one - 1e-6).all()                              # -min over more autoencoders can only rise
+    det = Aeroblade(replace(p, aeroblade=replace(p.aeroblade, extra_autoencoders=(str(tmp_path / "other_ae"),))),
+                    run_dir)
+    assert len(det.autoencoders()) == 2
+    x = to_tensor(images[:6])
+    a, b = (aeroblade_score([v], det.lpips, x, 2) for v in det.autoencoders())
+    assert not torch.allclose(a, b)
+    assert torch.allclose(aeroblade_score(det.autoencoders(), det.lpips, x, 2), torch.maximum(a, b))
+    assert np.allclose(det.score(images[:6]), torch.maximum(a, b).numpy())
 
 
 def _vae_path(p, run_dir):

@@ -30,7 +30,7 @@ from .losses import craft_ce_loss, craft_cr_loss, craft_recon_loss, craft_total_
 from .models.backbones import ImageVariation, load_image_variation
 from .profiles import CraftConfig
 from .progress import tqdm
-from .runs import atomic_write_json
+from .runs import atomic_write_bytes, atomic_write_json
 
 
 # ------------------------------------------------------------------ one equation, one function
@@ -314,18 +314,16 @@ def train(model: Craft, x: torch.Tensor, y: torch.Tensor, *, seed: int, out_dir=
     from accelerate.utils import DistributedDataParallelKwargs
     from .train import Objective, balanced, fit
     acc = accelerator or Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    keep = balanced(x, y)
+    keep = balanced(y)
     x, y = x[keep], y[keep]
     if cache:
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file, save
         if cache_file is not None and Path(cache_file).is_file():
             z = load_file(str(cache_file))["z"]
         else:
             z = prefix_cache(model, x, model.cfg.eval_batch_size, progress=progress and acc.is_local_main_process)
             if cache_file is not None and acc.is_main_process:
-                tmp = Path(cache_file).with_suffix(".tmp")
-                save_file({"z": z.contiguous()}, str(tmp))
-                tmp.replace(cache_file)
+                atomic_write_bytes(cache_file, save({"z": z.contiguous()}))
         data = (x, z, y)
 
         def loss(mods, batch):
@@ -506,7 +504,7 @@ class CraftDetector(Detector):
         self.cfg, self.model = p.craft, None
 
     def config(self):
-        return asdict(self.cfg)
+        return self.cfg
 
     def _backbone(self):
         from .benchmark import build_benchmark

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import io
 import json
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .metrics import calibrate_threshold
-from .runs import Artifact, PeakRSS, atomic_write_json
+from .runs import Artifact, PeakRSS, atomic_write_bytes, atomic_write_json
 
 DETECTORS: dict[str, type] = {}
 BUILTIN_MODULES = ("udet_core.craft", "udet_core.baselines.dire", "udet_core.baselines.aeroblade",
@@ -82,6 +83,20 @@ def rows_key(df: pd.DataFrame) -> str:
     return hashlib.sha256("\n".join(df["path"].astype(str)).encode()).hexdigest()[:10]
 
 
+def cached_scores(det: Detector, images: np.ndarray, progress: bool = False) -> np.ndarray:
+    """`det.score(images)`, kept in the fitted detector's artifact folder under a hash of the images, so an
+    interrupted or repeated evaluation never scores the same images with the same detector twice."""
+    key = hashlib.sha256(f"{images.shape}".encode() + images.tobytes()).hexdigest()[:16]
+    path = Path(det.folder) / "scores" / f"{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    s = np.asarray(det.score(images, progress=progress), dtype=float)
+    buf = io.BytesIO()
+    np.save(buf, s)
+    atomic_write_bytes(path, buf.getvalue())
+    return s
+
+
 def scoring_cost(det: Detector, images: np.ndarray) -> dict:
     """Throughput and memory of scoring `images` from scratch (caches off): images/s, the process's peak
     resident memory while scoring, and how far that peak rose above the resident memory before it (MiB)."""
@@ -109,7 +124,7 @@ def fitted(name: str, p, run_dir, images: np.ndarray, df: pd.DataFrame, *, seed:
     val_mask = (df["split"] == "val").to_numpy() if val_mask is None else np.asarray(val_mask)
     det = cls(p, run_dir)
     art = Artifact(run_dir, f"det-{name}", det.config(), *benchmark_configs(p), seed, rows_key(df[train_mask]),
-                   rows_key(df[val_mask]) if det.trains else None)
+                   rows_key(df[val_mask]))
     if art.done and not force:
         det = cls.load(art.path, p, run_dir)
         meta = json.loads((art.path / "detector.json").read_text())
@@ -119,12 +134,11 @@ def fitted(name: str, p, run_dir, images: np.ndarray, df: pd.DataFrame, *, seed:
     t0 = time.perf_counter()
     info = det.fit(images[train_mask], df[train_mask].reset_index(drop=True), seed=seed, out_dir=out,
                    progress=progress) if det.trains else {}
-    fit_s = time.perf_counter() - t0
+    det.fit_s = round(time.perf_counter() - t0, 2)   # a fit resumed from a checkpoint counts only the resumed part
     det.calibrate(images[val_mask], df["label"].to_numpy()[val_mask], progress=progress)
-    det.fit_s = round(fit_s, 2)
     det.save(out)
     atomic_write_json(out / "detector.json", {"name": name, "threshold": det.threshold, "seed": seed,
-                                              "fit_s": round(fit_s, 2), "info": info})
-    art.commit(seed=seed, timings_s={"fit": round(fit_s, 2)})
+                                              "fit_s": det.fit_s, "info": info})
+    art.commit(seed=seed, timings_s={"fit": det.fit_s})
     det.folder = art.path
     return det

@@ -11,7 +11,7 @@ import pandas as pd
 
 from .data import perturb
 from .data.sources import content_domain
-from .detectors import fitted, scoring_cost
+from .detectors import cached_scores, fitted, scoring_cost
 from .metrics import mean_std_table, per_family_table, summary
 from .progress import tqdm
 
@@ -35,6 +35,7 @@ def summary_subsets(test: pd.DataFrame) -> dict[str, np.ndarray]:
 def comparison(p, run_dir, images, df, detectors=None, seeds=None, progress: bool = False, cost_images: int = 128):
     """The comparison table (CRAFT Table 1/3 analogue on udet-mini) for every detector and seed.
 
+    `fit_s` is the training time per seed (for CRAFT without building the frozen-prefix cache, which seeds share).
     Returns (summary: mean ± std per detector and subset with cost columns, per_family: mean ± std per detector
     and family, long: one row per detector x seed x subset, family_long: one row per detector x seed x family).
     """
@@ -46,8 +47,8 @@ def comparison(p, run_dir, images, df, detectors=None, seeds=None, progress: boo
         fit_s = []
         for seed in tqdm(seeds, desc=f"{name} seeds", disable=not progress):
             det = fitted(name, p, run_dir, images, df, seed=seed, progress=progress)
-            fit_s.append(det.fit_s if det.trains else 0.0)
-            s = det.score(x_test, progress=progress)
+            fit_s.append(det.fit_s)
+            s = cached_scores(det, x_test, progress)
             for subset, m in summary_subsets(test).items():
                 rows.append({"detector": name, "seed": seed, "subset": subset, **summary(y_test[m], s[m], det.threshold)})
             fam = per_family_table(test, s, threshold=det.threshold)
@@ -86,7 +87,7 @@ def cross_domain(p, run_dir, images, df, detectors=None, seeds=None, progress: b
                     m = has & (df["split"] == "test").to_numpy() & (df["content"] == test_dom).to_numpy()
                     y = df["label"].to_numpy()[m]
                     rows.append({"detector": name, "train_domain": train_dom, "test_domain": test_dom, "seed": seed,
-                                 **summary(y, det.score(images[m]), det.threshold)})
+                                 **summary(y, cached_scores(det, images[m]), det.threshold)})
     long = pd.DataFrame(rows)
     cells = mean_std_table(long, ["detector", "train_domain", "test_domain"], ["acc", "AP"])
     matrix = cells.pivot(index=["detector", "train_domain"], columns="test_domain", values="acc")
@@ -125,7 +126,7 @@ def robustness(p, run_dir, images, df, detectors=None, seeds=None, progress: boo
         for seed in seeds:
             det = fitted(name, p, run_dir, images, df, seed=seed, progress=progress)
             for c, x in zip(tqdm(conds, desc=f"{name} seed {seed} robustness", disable=not progress), perturbed):
-                s = det.score(x)
+                s = cached_scores(det, x)
                 rows.append({"detector": name, "seed": seed, "jpeg_quality": c["jpeg_quality"] or "none",
                              "crop_ratio": c["crop_ratio"], "blur_sigma": c["blur_sigma"],
                              **summary(y, s, det.threshold)})
@@ -149,7 +150,7 @@ def format_bias(p, run_dir, images, df, detectors=None, seeds=None, progress: bo
     for name in detectors:
         for seed in tqdm(seeds, desc=f"{name} format bias", disable=not progress):
             det = fitted(name, p, run_dir, images, df, seed=seed, progress=progress)
-            s_png, s_jpg = det.score(x_png), det.score(x_jpg)
+            s_png, s_jpg = cached_scores(det, x_png), cached_scores(det, x_jpg)
             d_png, d_jpg = s_png >= det.threshold, s_jpg >= det.threshold
             flip = d_png != d_jpg
             rows.append({"detector": name, "seed": seed, "flipped_all": flip.mean(), "flipped_real": flip[y == 0].mean(),

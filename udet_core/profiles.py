@@ -160,7 +160,6 @@ class EvalConfig:
     blur_sigmas: tuple[float, ...] = (0.5, 1.0)
     robustness_per_class: int = 32          # test images per class in the robustness sweep
     format_jpeg_quality: int = 95
-    cross_domain: bool = True                # train on one content domain, test on each (CRAFT Table 1 analogue)
 
 
 @dataclass(frozen=True)

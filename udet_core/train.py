@@ -2,8 +2,9 @@
 
 The same code runs on CPU, one GPU, or `accelerate launch` over many processes. Each step draws its batch
 indices from a generator seeded by (seed, step), so a resumed run sees exactly the batches an uninterrupted
-run would, and N processes split the very batch that one process would see. State (model weights as safetensors, optimizers, RNG) is saved with
-`Accelerator.save_state` every `checkpoint_every` steps and training resumes from the last checkpoint.
+run would, and N processes split the very batch that one process would see. State (model weights as
+safetensors, optimizers, RNG) is saved with `Accelerator.save_state` every `checkpoint_every` steps and training
+resumes from the last checkpoint.
 """
 from __future__ import annotations
 
@@ -122,9 +123,8 @@ def save_checkpoint(acc: Accelerator, ckpt: Path, step: int, history: list[dict]
     acc.wait_for_everyone()
 
 
-def balanced(x: torch.Tensor, y: torch.Tensor):
+def balanced(y: torch.Tensor) -> torch.Tensor:
     """Repeat the minority class so that real and fake are drawn equally often."""
     idx = [torch.nonzero(y == c).flatten() for c in (0, 1)]
     n = max(len(i) for i in idx)
-    keep = torch.cat([i.repeat(math.ceil(n / len(i)))[:n] for i in idx])
-    return keep
+    return torch.cat([i.repeat(math.ceil(n / len(i)))[:n] for i in idx])

@@ -88,7 +88,7 @@ def robustness_figure(long, detector: str, metric: str = "acc", note: str = "syn
     grid = grid[sorted(grid.columns, reverse=True)]
     blur = d[(d["jpeg_quality"] == "none") & (d["crop_ratio"] == 1.0)].groupby("blur_sigma")[metric].agg(["mean", "std"])
     fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3), gridspec_kw={"width_ratios": [1.3, 1]})
-    im = a.imshow(grid.to_numpy(dtype=float), vmin=0.0 if metric != "AP" else 0.3, vmax=1.0, cmap="viridis")
+    im = a.imshow(grid.to_numpy(dtype=float), vmin=0.0, vmax=1.0, cmap="viridis")
     for (i, j), v in np.ndenumerate(grid.to_numpy(dtype=float)):
         a.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="w" if v < 0.75 else "k")
     a.set_xticks(range(grid.shape[1]), [f"{c:g}" for c in grid.columns])

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..data import perturb
 from ..detectors import Detector, register
-from ..profiles import ClassifierConfig, config_dict
+from ..profiles import ClassifierConfig
 
 
 class SmallResNet(nn.Module):
@@ -65,7 +65,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, cfg: ClassifierConf
     torch.manual_seed(seed)
     net = SmallResNet(cfg.widths)
     x, y = torch.from_numpy(np.ascontiguousarray(images)), torch.tensor(np.asarray(labels))
-    keep = balanced(x, y)
+    keep = balanced(y)
     loss_fn = nn.BCEWithLogitsLoss()
 
     def loss(mods, batch):
@@ -106,7 +106,7 @@ class CNNSpot(Detector):
         self.cfg, self.net = p.cnnspot, None
 
     def config(self):
-        return config_dict(self.cfg)
+        return self.cfg
 
     def fit(self, images, df, *, seed, out_dir, progress=False):
         self.net, history = train_classifier(images, df["label"].to_numpy(), self.cfg, seed=seed, out_dir=out_dir,

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from ..detectors import Detector, register
-from ..profiles import config_dict
 from ..progress import tqdm
 from .cnnspot import classifier_scores, load_classifier, save_classifier, train_classifier
 
@@ -46,7 +45,7 @@ class Dire(Detector):
         self.cfg, self.net, self._backbone = p.dire, None, None
 
     def config(self):
-        return config_dict(self.cfg)
+        return self.cfg
 
     def backbone(self):
         if self._backbone is None:
@@ -60,8 +59,9 @@ class Dire(Detector):
 
     def dire_images(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
         """DIRE images of uint8 images, read from / written to a cache file keyed by the images' bytes."""
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file, save
         from ..data.images import to_tensor
+        from ..runs import atomic_write_bytes
         bb = self.backbone()
         key = hashlib.sha256(images.tobytes() + f"{self.backbone_path}|{self.cfg.n_steps}".encode()).hexdigest()[:16]
         cache = self.run_dir / "artifacts" / "dire-cache" / f"{key}.safetensors"
@@ -71,12 +71,8 @@ class Dire(Detector):
         out = np.concatenate([dire_image(b, dire_reconstruct(bb, b, self.cfg.n_steps))
                               for b in tqdm(x.split(self.cfg.batch_size), desc="DIRE reconstructions",
                                             disable=not progress)])
-        if not self.use_cache:
-            return out
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        save_file({"dire": torch.from_numpy(np.ascontiguousarray(out))}, str(tmp))
-        tmp.replace(cache)
+        if self.use_cache:
+            atomic_write_bytes(cache, save({"dire": torch.from_numpy(np.ascontiguousarray(out))}))
         return out
 
     def fit(self, images, df, *, seed, out_dir, progress=False):

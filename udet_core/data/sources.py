@@ -60,6 +60,7 @@ PHOTOS: dict[str, Photo] = {p.name: p for p in [
           _sklearn("flower.jpg")),
 ]}
 
+
 def content_domain(source: str) -> str | None:
     """The content domain of a source photo ('scene' or 'science'); None for unconditional samples (no source)."""
     return PHOTOS[source].content if source in PHOTOS else None
