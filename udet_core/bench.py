@@ -100,7 +100,7 @@ def craft_distance(p, run_dir, names=("mse", "lpips-vgg", "vae-features"), steps
         model = Craft.from_backbone(bench.generators.image_variation_path, replace(p.craft, distance=name, steps=steps))
         model.fit_center(x[y == 0])
         t0 = time.perf_counter()
-        hist = train(model, x, y, seed=seed, progress=False)
+        hist = train(model, x, y, seed=seed, progress=True)
         wall = time.perf_counter() - t0
         s, d = model.eval().score(xv)
         yn = yv.numpy()
