@@ -113,7 +113,7 @@ def test_calibration_needs_both_classes():
         calibrate_threshold(np.array([0.1, 0.2]), np.array([0, 0]))
 
 
-@pytest.mark.parametrize("name", ["cnnspot", "dire", "aeroblade", "craft"])
+@pytest.mark.parametrize("name", ["cnnspot", "dire", "aeroblade", "craft", "unigendet"])
 def test_builtin_detector_fits_saves_and_reloads(bench, name):
     p, run_dir, images, df = bench
     det = fitted(name, p, run_dir, images, df, seed=0)

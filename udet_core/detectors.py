@@ -26,7 +26,7 @@ from .runs import Artifact, PeakRSS, atomic_write_bytes, atomic_write_json
 
 DETECTORS: dict[str, type] = {}
 BUILTIN_MODULES = ("udet_core.craft", "udet_core.baselines.dire", "udet_core.baselines.aeroblade",
-                   "udet_core.baselines.cnnspot")
+                   "udet_core.baselines.cnnspot", "udet_core.gduf")
 
 
 class Detector:
@@ -83,11 +83,15 @@ def rows_key(df: pd.DataFrame) -> str:
     return hashlib.sha256("\n".join(df["path"].astype(str)).encode()).hexdigest()[:10]
 
 
+def images_key(images: np.ndarray) -> str:
+    """A short hash of a batch of images (shape and bytes): the key of per-image caches."""
+    return hashlib.sha256(f"{images.shape}".encode() + images.tobytes()).hexdigest()[:16]
+
+
 def cached_scores(det: Detector, images: np.ndarray, progress: bool = False) -> np.ndarray:
     """`det.score(images)`, kept in the fitted detector's artifact folder under a hash of the images, so an
     interrupted or repeated evaluation never scores the same images with the same detector twice."""
-    key = hashlib.sha256(f"{images.shape}".encode() + images.tobytes()).hexdigest()[:16]
-    path = Path(det.folder) / "scores" / f"{key}.npy"
+    path = Path(det.folder) / "scores" / f"{images_key(images)}.npy"
     if path.is_file():
         return np.load(path)
     s = np.asarray(det.score(images, progress=progress), dtype=float)

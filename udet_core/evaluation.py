@@ -72,7 +72,7 @@ def cross_domain(p, run_dir, images, df, detectors=None, seeds=None, progress: b
     names a photo); unconditional samples have no content domain. Returns (matrix of 'acc mean ± std' with
     rows detector x train domain and one column per test domain, long table).
     """
-    detectors, seeds = detectors or p.eval.detectors, seeds or p.eval.seeds
+    detectors, seeds = detectors or p.eval.cross_domain_detectors, seeds or p.eval.seeds
     has = df["content"].notna().to_numpy()
     domains = sorted(df.loc[has, "content"].unique())
     rows = []

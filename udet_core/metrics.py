@@ -1,6 +1,9 @@
 """Detection metrics (scikit-learn underneath). Scores: higher = more likely fake; labels: 1 = fake."""
 from __future__ import annotations
 
+import functools
+import re
+
 import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
@@ -65,3 +68,52 @@ def mean_std_table(long: pd.DataFrame, by: list[str], metrics: list[str], digits
         out[c] = [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(mean[c], std[c])]
     out["seeds"] = g.size()
     return out.reset_index()
+
+
+def parse_verdict(text: str) -> int | None:
+    """The real/fake verdict of an answer (1 = fake, 0 = real): its first word if that is 'real' or 'fake',
+    else the one of the two words it contains; None when it contains neither or both."""
+    text = str(text).lower()
+    first = re.match(r"\W*(real|fake)\b", text)
+    if first:
+        return int(first.group(1) == "fake")
+    words = set(re.findall(r"[a-z]+", text)) & {"real", "fake"}
+    return int("fake" in words) if len(words) == 1 else None
+
+
+@functools.lru_cache(maxsize=1)
+def _rouge_scorer():
+    from rouge_score import rouge_scorer
+    return rouge_scorer.RougeScorer(["rougeL"])
+
+
+def rouge_l(reference: str, prediction: str) -> float:
+    """ROUGE-L F-measure (the `rouge-score` package, Lin 2004) of one prediction against its reference."""
+    return _rouge_scorer().score(reference, prediction)["rougeL"].fmeasure
+
+
+def css(reference: str, prediction: str) -> float:
+    """CSS as the official UniGenDet evaluation computes it: cosine similarity of TF-IDF vectors fitted on the
+    (reference, prediction) pair alone."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.metrics.pairwise import cosine_similarity
+    try:
+        v = TfidfVectorizer().fit_transform([reference, prediction])
+    except ValueError:   # empty vocabulary: a prediction without words
+        return 0.0
+    return float(cosine_similarity(v[0], v[1])[0, 0])
+
+
+def explanation_metrics(labels, references, predictions) -> dict:
+    """Acc / F1 of the verdicts parsed from the answers (1 = fake is the positive class), ROUGE-L and CSS of the
+    answers against the reference explanations, on the answers whose verdict parses (as the official evaluation;
+    `unparsed` counts the others)."""
+    from sklearn.metrics import accuracy_score, f1_score
+    verdicts = [parse_verdict(p) for p in predictions]
+    ok = [i for i, v in enumerate(verdicts) if v is not None]
+    y, v = np.asarray(labels)[ok], np.asarray([verdicts[i] for i in ok])
+    return {"n": len(labels), "unparsed": len(labels) - len(ok),
+            "Acc": float(accuracy_score(y, v)) if ok else float("nan"),
+            "F1": float(f1_score(y, v, zero_division=0)) if ok else float("nan"),
+            "ROUGE-L": float(np.mean([rouge_l(references[i], predictions[i]) for i in ok])) if ok else float("nan"),
+            "CSS": float(np.mean([css(references[i], predictions[i]) for i in ok])) if ok else float("nan")}

@@ -151,9 +151,63 @@ class AerobladeConfig:
 
 
 @dataclass(frozen=True)
+class UnifiedConfig:
+    """UniGenDet's model (BAGEL-style Mixture-of-Transformers): Qwen2-style LLM blocks with an understanding and a
+    generation expert, a SigLIP vision encoder, and VAE-latent tokens (the benchmark's AutoencoderKL)."""
+    hidden_size: int = 96
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 256
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    vocab_size: int | None = None     # None: the size of the tokenizer built on the benchmark's text
+    vit_hidden_size: int = 64
+    vit_layers: int = 2
+    vit_heads: int = 4
+    vit_intermediate_size: int = 256
+    vit_patch_size: int = 8
+    vit_image_size: int | None = None  # None: the benchmark's resolution
+    latent_channels: int = 4           # must match the VAE (FLUX: 16)
+    latent_patch_size: int = 2         # BAGEL patchifies VAE latents 2x2
+    latent_grid: int | None = None     # latent side (None: from the VAE and the resolution)
+
+
+# The paper's model (BAGEL-7B-MoT): Qwen2.5-7B-sized blocks x 2 experts, SigLIP so400m (27 layers, 1152), FLUX VAE
+# latents (16 channels). Only ever instantiated on the meta device (parameter count); see models/unified.py.
+BAGEL_7B_MOT = UnifiedConfig(hidden_size=3584, num_layers=28, num_heads=28, num_kv_heads=4, intermediate_size=18944,
+                             rope_theta=1e6, vocab_size=152064, vit_hidden_size=1152, vit_layers=27, vit_heads=16,
+                             vit_intermediate_size=4304, vit_patch_size=14, vit_image_size=384, latent_channels=16,
+                             latent_patch_size=2, latent_grid=64)
+
+
+@dataclass(frozen=True)
+class GdufConfig:
+    """UniGenDet stage 1 (GDUF): detection with explanation + captioned generation, one model, eq. 9.
+
+    The default profile trains a small model from scratch for minutes, so the learning rate is far above the
+    fine-tuning rates of the paper (which starts from BAGEL's pretrained weights)."""
+    model: UnifiedConfig = UnifiedConfig()
+    smsa: bool = True                 # False: the "w/o SMSA" ablation (text and ViT tokens do not see VAE latents)
+    gen_ratio: float = 0.2            # generation samples per detection sample (official config about 1:5); 0 = w/o generation
+    w_cls: float = 1.0                # eq. 9 weights (paper: all 1; the official code weighs the head 0.2)
+    w_exp: float = 1.0
+    w_gen: float = 1.0
+    steps: int = 400
+    batch_size: int = 32              # detection + generation samples per step
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    max_answer_tokens: int = 96       # <answer> + explanation + end-of-text, truncated beyond
+    vocab_size: int = 1024            # byte-level BPE trained on the training rows' text (at most)
+    gen_steps: int = 20               # Euler steps of the flow ODE when generating (paper: 50)
+    eval_batch_size: int = 64
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """The common protocol: detectors, seeds, robustness grid, format-bias check, cross-domain matrix."""
-    detectors: tuple[str, ...] = ("craft", "dire", "aeroblade", "cnnspot")
+    detectors: tuple[str, ...] = ("craft", "dire", "aeroblade", "cnnspot", "unigendet")
+    cross_domain_detectors: tuple[str, ...] = ("craft", "dire", "aeroblade", "cnnspot")   # 2 domains x seeds fits each
     seeds: tuple[int, ...] = (0, 1, 2)
     jpeg_qualities: tuple = (None, 90, 70, 50)
     crop_ratios: tuple[float, ...] = (1.0, 0.9, 0.7, 0.5)
@@ -176,6 +230,7 @@ class Profile:
     cnnspot: ClassifierConfig = ClassifierConfig()
     dire: DireConfig = DireConfig()
     aeroblade: AerobladeConfig = AerobladeConfig()
+    gduf: GdufConfig = GdufConfig()
     eval: EvalConfig = EvalConfig()
 
 
@@ -195,6 +250,10 @@ def _tiny() -> Profile:
         cnnspot=ClassifierConfig(widths=(4, 8), steps=4, batch_size=8),
         dire=DireConfig(n_steps=3, classifier=ClassifierConfig(widths=(4, 8), steps=4, batch_size=8, blur_prob=0.0,
                                                                 jpeg_prob=0.0)),
+        gduf=GdufConfig(model=UnifiedConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                                            intermediate_size=64, vit_hidden_size=16, vit_layers=1, vit_heads=2,
+                                            vit_intermediate_size=32, vit_patch_size=8),
+                        steps=4, batch_size=8, gen_steps=3, eval_batch_size=16, max_answer_tokens=24),
         eval=EvalConfig(seeds=(0, 1), jpeg_qualities=(None, 50), crop_ratios=(1.0, 0.5), blur_sigmas=(1.0,),
                         robustness_per_class=4),
     )

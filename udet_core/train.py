@@ -27,7 +27,8 @@ from .runs import atomic_write_json
 
 @dataclass
 class Objective:
-    """One optimiser and the loss it minimises: `loss(modules, batch) -> scalar tensor`.
+    """One optimiser and the loss it minimises: `loss(modules, batch) -> scalar tensor`, or `(scalar, parts)`
+    where `parts` (name -> float) are logged beside it (e.g. the terms of a weighted sum).
 
     `params` are torch parameter groups (each may carry its own `lr`): differential learning rates.
     Several objectives (e.g. a GAN's D and G) are stepped in order on the same batch.
@@ -89,6 +90,9 @@ def fit(modules: dict, objectives: list[Objective], data: torch.Tensor, *, steps
         for obj in objectives:
             obj.optimizer.zero_grad(set_to_none=True)
             loss = obj.loss(mods, batch)
+            if isinstance(loss, tuple):
+                loss, parts = loss
+                logs.update(parts)
             acc.backward(loss)
             if obj.max_grad_norm:
                 acc.clip_grad_norm_([p for g in obj.params for p in g["params"]], obj.max_grad_norm)

@@ -1,0 +1,321 @@
+"""UniGenDet stage 1, GDUF: one unified model learns detection with explanation and captioned generation
+(DESIGN §4, paper §3.2, App. B).
+
+Detection samples: clean VAE latents | SigLIP features | instruction | answer ("<|answer|>" + explanation + end).
+The detection head reads the first answer token (the fixed "<|answer|>" token, so the verdict word is never its
+input) and the LM head learns the explanation; the answer's verdict word is what `detect` parses as the text
+verdict. Generation samples: caption | noisy latents, trained by flow matching. The mix is `gen_ratio` generation
+samples per detection sample. `UniGenDet` wraps model + tokenizer + frozen VAE with `detect`, `generate`,
+`save` and `load`; the registry entry "unigendet" scores images by the head's P(fake).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .detectors import Detector, images_key, register
+from .losses import (flow_matching_loss, flow_matching_noisy, gduf_cls_loss, gduf_explanation_loss,
+                     gduf_total_loss)
+from .models.unified import ANSWER, INSTRUCTION, UnifiedModel, resolve
+from .profiles import GdufConfig, UnifiedConfig
+from .progress import tqdm
+from .runs import PeakRSS, atomic_write_json
+from .train import Objective, balanced, fit
+
+
+def gduf_config_from_dict(d: dict) -> GdufConfig:
+    return GdufConfig(**{**d, "model": UnifiedConfig(**d["model"])})
+
+
+class UniGenDet:
+    """The unified model with its tokenizer and the frozen AutoencoderKL whose latents it reads and writes."""
+
+    def __init__(self, cfg: GdufConfig, model: UnifiedModel, tokenizer, vae):
+        self.cfg, self.model, self.tokenizer, self.vae = cfg, model, tokenizer, vae.eval().requires_grad_(False)
+        self.threshold = 0.5
+
+    @classmethod
+    def build(cls, cfg: GdufConfig, vae, texts, resolution: int) -> "UniGenDet":
+        """A random-init model sized by `cfg.model`, with a byte-level BPE trained on `texts`."""
+        from .models.unified import build_tokenizer
+        tok = build_tokenizer(list(texts) + [INSTRUCTION], cfg.vocab_size)
+        model_cfg = resolve(cfg.model, len(tok), resolution, vae)
+        return cls(replace(cfg, model=model_cfg), UnifiedModel(model_cfg), tok, vae)
+
+    # -- tokens
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    def ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def instruction(self, n: int) -> torch.Tensor:
+        return torch.tensor(self.ids(INSTRUCTION)).expand(n, -1)
+
+    def answer_ids(self, explanations) -> torch.Tensor:
+        """Right-padded '<|answer|> explanation <|endoftext|>' ids, truncated to `max_answer_tokens`."""
+        a, eos = self.tokenizer.convert_tokens_to_ids(ANSWER), self.tokenizer.eos_token_id
+        rows = [([a] + self.ids(e) + [eos])[:self.cfg.max_answer_tokens] for e in explanations]
+        return _pad(rows, self.pad_id, left=False)
+
+    def caption_ids(self, captions) -> torch.Tensor:
+        """Left-padded caption ids (so the latents follow the caption at the same relative positions)."""
+        return _pad([self.ids(c) or [self.tokenizer.eos_token_id] for c in captions], self.pad_id, left=True)
+
+    @torch.no_grad()
+    def latents(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Clean VAE latents (posterior mode x scaling factor) of [-1, 1] images."""
+        sf = self.vae.config.scaling_factor
+        return torch.cat([self.vae.encode(b).latent_dist.mode() * sf for b in x.split(batch_size)])
+
+    # -- training data and loss
+    def training_tensors(self, images: np.ndarray, df: pd.DataFrame, seed: int) -> tuple:
+        """(pixels, latents, labels, answers, captions, task) rows: class-balanced detection rows (task 0), then
+        `gen_ratio` x as many generation rows drawn from the reals (task 1)."""
+        from .data.images import to_tensor
+        x = to_tensor(images, size=self.model.cfg.vit_image_size)
+        y = torch.tensor(df["label"].to_numpy(), dtype=torch.long)
+        det = balanced(y)
+        reals = torch.nonzero(y == 0).flatten()
+        n_gen = int(round(self.cfg.gen_ratio * len(det)))
+        gen = reals[torch.randint(len(reals), (n_gen,), generator=torch.Generator().manual_seed(seed))]
+        idx = torch.cat([det, gen])
+        task = torch.cat([torch.zeros(len(det), dtype=torch.long), torch.ones(n_gen, dtype=torch.long)])
+        return (x[idx], self.latents(x)[idx], y[idx], self.answer_ids(df["explanation"])[idx],
+                self.caption_ids(df["caption"])[idx], task)
+
+    def loss(self, model: UnifiedModel, batch: tuple):
+        """Eq. 9 on one mixed batch: head CE + explanation LM CE on the detection rows, flow matching on the
+        generation rows. Returns (total, {term: value})."""
+        x, z, y, answers, captions, task = batch
+        det, gen = task == 0, task == 1
+        zero = z.new_zeros(())
+        l_cls = l_exp = l_gen = zero
+        if det.any():
+            a = _trim(answers[det], self.pad_id, left=False)
+            valid = a != self.pad_id
+            h, _, i0 = model.detection_forward(z[det], x[det], self.instruction(len(a)).to(a.device), a, valid,
+                                               smsa=self.cfg.smsa)
+            l_cls = gduf_cls_loss(model.det_head(h[:, i0]), y[det])
+            targets = a[:, 1:].masked_fill(~valid[:, 1:], -100)
+            l_exp = gduf_explanation_loss(model.lm_head(h[:, i0:-1]), targets)
+        if gen.any():
+            c = _trim(captions[gen], self.pad_id, left=True)
+            x0 = z[gen]
+            noise, t = torch.randn_like(x0), torch.rand(len(x0), device=x0.device)
+            v, _ = model.generation_forward(c, c != self.pad_id, flow_matching_noisy(x0, noise, t), t)
+            l_gen = flow_matching_loss(v, x0, noise)
+        total = gduf_total_loss(l_cls, l_exp, l_gen, self.cfg.w_cls, self.cfg.w_exp, self.cfg.w_gen)
+        return total, {"L_cls": l_cls.item(), "L_exp": l_exp.item(), "L_gen": l_gen.item()}
+
+    def train(self, images: np.ndarray, df: pd.DataFrame, *, seed: int, out_dir=None, progress: bool = True,
+              checkpoint_every: int = 100) -> list[dict]:
+        """GDUF training (accelerate; checkpoints in `out_dir`, resumed on rerun)."""
+        data = self.training_tensors(images, df, seed)
+        obj = Objective("gduf", lambda m, b: self.loss(m["model"], b), [{"params": self.model.parameters()}],
+                        lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        history = fit({"model": self.model}, [obj], data, steps=self.cfg.steps, batch_size=self.cfg.batch_size,
+                      seed=seed, out_dir=out_dir, checkpoint_every=checkpoint_every, desc="GDUF", progress=progress)
+        self.model.eval()
+        return history
+
+    # -- detection
+    @torch.no_grad()
+    def probabilities(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
+        """P(fake) from the detection head (one forward up to the first answer token)."""
+        probs = []
+        for x in tqdm(self._pixels(images).split(self.cfg.eval_batch_size), desc="UniGenDet head", disable=not progress):
+            probs.append(self._head(x)[0])
+        return torch.cat(probs).numpy()
+
+    def _pixels(self, images: np.ndarray) -> torch.Tensor:
+        from .data.images import to_tensor
+        return to_tensor(images, size=self.model.cfg.vit_image_size)
+
+    def _head(self, x: torch.Tensor, cache: list | None = None):
+        """P(fake) at the first answer token, and the LM's final state there (its next-token prediction)."""
+        a = torch.full((len(x), 1), self.tokenizer.convert_tokens_to_ids(ANSWER))
+        h, _, i0 = self.model.detection_forward(self.latents(x), x, self.instruction(len(x)), a,
+                                                torch.ones_like(a, dtype=torch.bool), smsa=self.cfg.smsa, cache=cache)
+        return self.model.det_head(h[:, i0]).softmax(-1)[:, 1], h[:, -1]
+
+    def _decode(self, x: torch.Tensor, max_new: int):
+        """Head probability and greedy answer ids (with a key/value cache), stopping when every answer has ended."""
+        cache = [{} for _ in self.model.layers]
+        prob, h = self._head(x, cache)
+        pos = torch.full((len(x),), cache_position(self.model, x, self.instruction(1).shape[1]))
+        eos, ans, done = self.tokenizer.eos_token_id, [], torch.zeros(len(x), dtype=torch.bool)
+        for _ in range(max_new):
+            nxt = self.model.lm_head(h).argmax(-1).masked_fill(done, self.pad_id)
+            ans.append(nxt)
+            done |= nxt == eos
+            if done.all():
+                break
+            pos = pos + 1
+            h = self.model.decode_step(nxt, pos, cache)
+        return prob, torch.stack(ans, 1)
+
+    @torch.no_grad()
+    def detect(self, images: np.ndarray, max_new_tokens: int | None = None, progress: bool = False) -> pd.DataFrame:
+        """Per image: P(fake) from the head, the head's label at the stored threshold, and the explanation decoded
+        greedily from the LM head (the paper samples with nucleus sampling; greedy keeps runs reproducible)."""
+        from .metrics import parse_verdict
+        max_new = max_new_tokens or self.cfg.max_answer_tokens - 1
+        eos, rows = self.tokenizer.eos_token_id, []
+        for x in tqdm(self._pixels(images).split(self.cfg.eval_batch_size), desc="UniGenDet detect",
+                      disable=not progress):
+            prob, ans = self._decode(x, max_new)
+            for p, ids in zip(prob.tolist(), ans.tolist()):
+                text = self.tokenizer.decode([i for i in ids if i not in (eos, self.pad_id)]).strip()
+                rows.append({"prob_fake": p, "label": int(p >= self.threshold), "explanation": text,
+                             "verdict": parse_verdict(text)})
+        return pd.DataFrame(rows)
+
+    # -- generation
+    @torch.no_grad()
+    def generate(self, prompts, seeds, steps: int | None = None) -> np.ndarray:
+        """Integrate the flow ODE dx/dt = v(x, t | caption) from noise (t=1) to data (t=0) with Euler steps
+        (`gen_steps`, paper 50), decode with the VAE; returns uint8 images (N, H, W, 3)."""
+        from .data.images import to_uint8
+        from .models.sampling import seeded_noise
+        m = self.model.cfg
+        cap = self.caption_ids(prompts)
+        z = seeded_noise((m.latent_channels, m.latent_grid, m.latent_grid), seeds)
+        ts = torch.linspace(1.0, 0.0, (steps or self.cfg.gen_steps) + 1)
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            v, _ = self.model.generation_forward(cap, cap != self.pad_id, z, t.expand(len(z)))
+            z = z + (t_next - t) * v
+        return to_uint8(self.vae.decode(z / self.vae.config.scaling_factor).sample)
+
+    # -- persistence
+    def save(self, folder, extra: dict | None = None) -> Path:
+        """model.safetensors + unigendet.json (configs, threshold) + tokenizer/ + vae/: a self-contained folder."""
+        from safetensors.torch import save_file
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(folder / "model.safetensors"))
+        self.tokenizer.save_pretrained(str(folder / "tokenizer"))
+        self.vae.save_pretrained(str(folder / "vae"), safe_serialization=True)
+        atomic_write_json(folder / "unigendet.json", {"config": asdict(self.cfg), "threshold": self.threshold,
+                                                      **(extra or {})})
+        return folder
+
+    @classmethod
+    def load(cls, folder) -> "UniGenDet":
+        from diffusers import AutoencoderKL
+        from safetensors.torch import load_file
+        from transformers import PreTrainedTokenizerFast
+        from .data.images import DataError
+        folder = Path(folder)
+        if not (folder / "unigendet.json").is_file():
+            raise DataError(folder, "not a UniGenDet checkpoint (unigendet.json missing)")
+        meta = json.loads((folder / "unigendet.json").read_text())
+        cfg = gduf_config_from_dict(meta["config"])
+        model = UnifiedModel(cfg.model)
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        ug = cls(cfg, model.eval(), PreTrainedTokenizerFast.from_pretrained(str(folder / "tokenizer")),
+                 AutoencoderKL.from_pretrained(str(folder / "vae")))
+        ug.threshold = meta["threshold"]
+        return ug
+
+
+def cache_position(model: UnifiedModel, x: torch.Tensor, n_instruction: int) -> int:
+    """The rotary position of the first answer token of a detection sequence for images like `x`."""
+    from .models.unified import detection_splits, rope_positions
+    n_vae = (model.cfg.latent_grid // model.cfg.latent_patch_size) ** 2
+    n_vit = (model.cfg.vit_image_size // model.cfg.vit_patch_size) ** 2
+    return int(rope_positions(detection_splits(n_vae, n_vit, n_instruction, 1))[-1])
+
+
+def _pad(rows: list[list[int]], pad: int, left: bool) -> torch.Tensor:
+    n = max(len(r) for r in rows)
+    return torch.tensor([[pad] * (n - len(r)) + r if left else r + [pad] * (n - len(r)) for r in rows])
+
+
+def _trim(ids: torch.Tensor, pad: int, left: bool) -> torch.Tensor:
+    """Drop the columns that are padding in every row (right-padded answers, left-padded captions)."""
+    used = (ids != pad).any(0).nonzero().flatten()
+    return ids[:, used.min():] if left else ids[:, :used.max() + 1]
+
+
+# ------------------------------------------------------------------ registry entry
+
+@register("unigendet")
+class UniGenDetDetector(Detector):
+    """UniGenDet (GDUF stage) in the common protocol: trained on the given rows with their explanations and
+    captions; the detection head's P(fake) is the score. The saved folder is a complete UniGenDet checkpoint."""
+
+    def __init__(self, p, run_dir):
+        super().__init__(p, run_dir)
+        self.cfg, self.model, self.history = p.gduf, None, []
+
+    def config(self):
+        return self.cfg
+
+    def fit(self, images, df, *, seed, out_dir, progress=False):
+        from diffusers import AutoencoderKL
+        from .benchmark import build_benchmark
+        vae = AutoencoderKL.from_pretrained(str(build_benchmark(self.p, self.run_dir, progress=False).generators.vae_path))
+        torch.manual_seed(seed)
+        texts = list(df["explanation"]) + list(df.loc[df["label"] == 0, "caption"])
+        self.model = UniGenDet.build(self.cfg, vae, texts, self.p.data.resolution)
+        with PeakRSS() as mem:
+            self.history = self.model.train(images, df, seed=seed, out_dir=out_dir, progress=progress)
+        final = self.history[-1] if self.history else {}
+        # per step of this call's training (a fit resumed from a checkpoint ran fewer steps: then an underestimate)
+        return {**{k: final.get(k) for k in ("gduf", "L_cls", "L_exp", "L_gen", "wall_s")},
+                "s_per_step": round(final.get("wall_s", 0.0) / max(1, len(self.history)), 4),
+                "train_peak_rss_mb": round(mem.peak_mb)}
+
+    def score(self, images, *, progress=False):
+        return self.model.probabilities(images, progress=progress)
+
+    def calibrate(self, images, labels, *, progress=False):
+        super().calibrate(images, labels, progress=progress)
+        self.model.threshold = self.threshold
+
+    def save(self, folder):
+        self.model.save(folder, {"history": self.history})
+
+    @classmethod
+    def load(cls, folder, p, run_dir):
+        det = cls(p, run_dir)
+        det.model = UniGenDet.load(folder)
+        det.history = json.loads((Path(folder) / "unigendet.json").read_text()).get("history", [])
+        return det
+
+
+def cached_answers(det: UniGenDetDetector, images: np.ndarray, progress: bool = False) -> pd.DataFrame:
+    """`det.model.detect(images)` (head probability + decoded explanation), kept in the fitted detector's folder
+    under a hash of the images, like `detectors.cached_scores`."""
+    from .runs import atomic_write_text
+    path = Path(det.folder) / "answers" / f"{images_key(images)}.csv"
+    if path.is_file():
+        return pd.read_csv(path, keep_default_na=False)
+    out = det.model.detect(images, progress=progress)
+    atomic_write_text(path, out.to_csv(index=False))
+    return out
+
+
+def explanation_eval(det: UniGenDetDetector, images: np.ndarray, df: pd.DataFrame, progress: bool = False):
+    """Paper Table 1/6 metrics of a fitted UniGenDet on the test split, one row per summary subset: Acc, F1,
+    ROUGE-L, CSS of the answers (and how many could not be parsed), beside the head's acc/AP/AUC at the
+    validation threshold. Returns (rows, the answers with their test rows)."""
+    from .evaluation import summary_subsets
+    from .metrics import explanation_metrics, summary
+    mask = (df["split"] == "test").to_numpy()
+    test = df[mask].reset_index(drop=True)
+    out = cached_answers(det, images[mask], progress)
+    rows = []
+    for subset, m in summary_subsets(test).items():
+        y = test["label"].to_numpy()[m]
+        head = summary(y, out["prob_fake"].to_numpy()[m], det.threshold)
+        rows.append({"subset": subset, **explanation_metrics(y, list(test["explanation"][m]), list(out["explanation"][m])),
+                     "head_acc": head["acc"], "head_AP": head["AP"], "head_AUC": head["AUC"]})
+    return pd.DataFrame(rows), pd.concat([test, out.add_prefix("pred_")], axis=1)
