@@ -139,12 +139,12 @@ def test_generation_expert_reaches_detection_only_through_smsa(tiny_model):
     ins, ans = tiny_model.instruction(2), torch.full((2, 3), 5)
     valid = torch.ones_like(ans, dtype=torch.bool)
     n_vae = (m.cfg.latent_grid // m.cfg.latent_patch_size) ** 2
-    before = {s: m.detection_forward(z, x, ins, ans, valid, smsa=s)[0] for s in (True, False)}
+    before = {s: m.detection(z, x, ins, ans, valid, smsa=s)["states"] for s in (True, False)}
     with torch.no_grad():
         saved = m.layers[0].gen.mlp.down_proj.weight.clone()
         m.layers[0].gen.mlp.down_proj.weight.add_(1.0)
     try:
-        after = {s: m.detection_forward(z, x, ins, ans, valid, smsa=s)[0] for s in (True, False)}
+        after = {s: m.detection(z, x, ins, ans, valid, smsa=s)["states"] for s in (True, False)}
     finally:
         with torch.no_grad():
             m.layers[0].gen.mlp.down_proj.weight.copy_(saved)
@@ -161,12 +161,11 @@ def test_cached_decoding_equals_recomputing_the_sequence(tiny_model):
     z, ref = tiny_model.latents(x), []
     with torch.no_grad():
         for _ in range(ans.shape[1]):
-            h, _, i0 = tiny_model.model.detection_forward(z, x, tiny_model.instruction(3), a,
-                                                          torch.ones_like(a, dtype=torch.bool))
-            nxt = tiny_model.model.lm_head(h[:, -1]).argmax(-1)
+            out = tiny_model.model.detection(z, x, tiny_model.instruction(3), a, torch.ones_like(a, dtype=torch.bool))
+            nxt = out["lm_logits"][:, -1].argmax(-1)
             ref.append(nxt)
             a = torch.cat([a, nxt[:, None]], 1)
-        head = tiny_model.model.det_head(h[:, i0]).softmax(-1)[:, 1]
+        head = out["cls_logits"].softmax(-1)[:, 1]
     assert torch.equal(ans, torch.stack(ref, 1))
     assert torch.allclose(prob, head, atol=1e-6)      # later answer tokens never change the head's input
 

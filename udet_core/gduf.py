@@ -75,42 +75,52 @@ class UniGenDet:
         return torch.cat([self.vae.encode(b).latent_dist.mode() * sf for b in x.split(batch_size)])
 
     # -- training data and loss
-    def training_tensors(self, images: np.ndarray, df: pd.DataFrame, seed: int) -> tuple:
+    def training_tensors(self, images: np.ndarray, df: pd.DataFrame, seed: int, gen_ratio: float | None = None) -> tuple:
         """(pixels, latents, labels, answers, captions, task) rows: class-balanced detection rows (task 0), then
-        `gen_ratio` x as many generation rows drawn from the reals (task 1)."""
+        `gen_ratio` (default: the config's) x as many generation rows drawn from the reals (task 1). A config
+        whose detection weights are both 0 (a generation-only model) gets generation rows only."""
         from .data.images import to_tensor
         x = to_tensor(images, size=self.model.cfg.vit_image_size)
         y = torch.tensor(df["label"].to_numpy(), dtype=torch.long)
         det = balanced(y)
         reals = torch.nonzero(y == 0).flatten()
-        n_gen = int(round(self.cfg.gen_ratio * len(det)))
+        n_gen = int(round((self.cfg.gen_ratio if gen_ratio is None else gen_ratio) * len(det)))
         gen = reals[torch.randint(len(reals), (n_gen,), generator=torch.Generator().manual_seed(seed))]
+        if self.cfg.w_cls == 0 and self.cfg.w_exp == 0:
+            det = det[:0]
         idx = torch.cat([det, gen])
         task = torch.cat([torch.zeros(len(det), dtype=torch.long), torch.ones(n_gen, dtype=torch.long)])
         return (x[idx], self.latents(x)[idx], y[idx], self.answer_ids(df["explanation"])[idx],
                 self.caption_ids(df["caption"])[idx], task)
+
+    def detection_terms(self, model: UnifiedModel, x, z, y, answers):
+        """Eq. 6 (head cross-entropy) and eq. 7 (explanation LM loss) on detection rows."""
+        a = _trim(answers, self.pad_id, left=False)
+        valid = a != self.pad_id
+        out = model("detection", z=z, x=x, instruction=self.instruction(len(a)).to(a.device), answer=a,
+                    answer_valid=valid, smsa=self.cfg.smsa)
+        targets = a[:, 1:].masked_fill(~valid[:, 1:], -100)
+        return gduf_cls_loss(out["cls_logits"], y), gduf_explanation_loss(out["lm_logits"][:, :-1], targets)
+
+    def generation_terms(self, model: UnifiedModel, z, captions, hidden_layers=()):
+        """Eq. 5 and 8 (flow matching) on generation rows; also returns the model's output (hidden states) and
+        the trimmed caption length."""
+        c = _trim(captions, self.pad_id, left=True)
+        noise, t = torch.randn_like(z), torch.rand(len(z), device=z.device)
+        out = model("generation", caption=c, caption_valid=c != self.pad_id, z_t=flow_matching_noisy(z, noise, t), t=t,
+                    hidden_layers=hidden_layers)
+        return flow_matching_loss(out["velocity"], z, noise), out, c.shape[1]
 
     def loss(self, model: UnifiedModel, batch: tuple):
         """Eq. 9 on one mixed batch: head CE + explanation LM CE on the detection rows, flow matching on the
         generation rows. Returns (total, {term: value})."""
         x, z, y, answers, captions, task = batch
         det, gen = task == 0, task == 1
-        zero = z.new_zeros(())
-        l_cls = l_exp = l_gen = zero
+        l_cls = l_exp = l_gen = z.new_zeros(())
         if det.any():
-            a = _trim(answers[det], self.pad_id, left=False)
-            valid = a != self.pad_id
-            h, _, i0 = model.detection_forward(z[det], x[det], self.instruction(len(a)).to(a.device), a, valid,
-                                               smsa=self.cfg.smsa)
-            l_cls = gduf_cls_loss(model.det_head(h[:, i0]), y[det])
-            targets = a[:, 1:].masked_fill(~valid[:, 1:], -100)
-            l_exp = gduf_explanation_loss(model.lm_head(h[:, i0:-1]), targets)
+            l_cls, l_exp = self.detection_terms(model, x[det], z[det], y[det], answers[det])
         if gen.any():
-            c = _trim(captions[gen], self.pad_id, left=True)
-            x0 = z[gen]
-            noise, t = torch.randn_like(x0), torch.rand(len(x0), device=x0.device)
-            v, _ = model.generation_forward(c, c != self.pad_id, flow_matching_noisy(x0, noise, t), t)
-            l_gen = flow_matching_loss(v, x0, noise)
+            l_gen = self.generation_terms(model, z[gen], captions[gen])[0]
         total = gduf_total_loss(l_cls, l_exp, l_gen, self.cfg.w_cls, self.cfg.w_exp, self.cfg.w_gen)
         return total, {"L_cls": l_cls.item(), "L_exp": l_exp.item(), "L_gen": l_gen.item()}
 
@@ -139,26 +149,26 @@ class UniGenDet:
         return to_tensor(images, size=self.model.cfg.vit_image_size)
 
     def _head(self, x: torch.Tensor, cache: list | None = None):
-        """P(fake) at the first answer token, and the LM's final state there (its next-token prediction)."""
+        """P(fake) at the first answer token, and the LM logits there (the prediction of the verdict word)."""
         a = torch.full((len(x), 1), self.tokenizer.convert_tokens_to_ids(ANSWER))
-        h, _, i0 = self.model.detection_forward(self.latents(x), x, self.instruction(len(x)), a,
-                                                torch.ones_like(a, dtype=torch.bool), smsa=self.cfg.smsa, cache=cache)
-        return self.model.det_head(h[:, i0]).softmax(-1)[:, 1], h[:, -1]
+        out = self.model.detection(self.latents(x), x, self.instruction(len(x)), a, torch.ones_like(a, dtype=torch.bool),
+                                   smsa=self.cfg.smsa, cache=cache)
+        return out["cls_logits"].softmax(-1)[:, 1], out["lm_logits"][:, -1]
 
     def _decode(self, x: torch.Tensor, max_new: int):
         """Head probability and greedy answer ids (with a key/value cache), stopping when every answer has ended."""
         cache = [{} for _ in self.model.layers]
-        prob, h = self._head(x, cache)
+        prob, logits = self._head(x, cache)
         pos = torch.full((len(x),), cache_position(self.model, x, self.instruction(1).shape[1]))
         eos, ans, done = self.tokenizer.eos_token_id, [], torch.zeros(len(x), dtype=torch.bool)
         for _ in range(max_new):
-            nxt = self.model.lm_head(h).argmax(-1).masked_fill(done, self.pad_id)
+            nxt = logits.argmax(-1).masked_fill(done, self.pad_id)
             ans.append(nxt)
             done |= nxt == eos
             if done.all():
                 break
             pos = pos + 1
-            h = self.model.decode_step(nxt, pos, cache)
+            logits = self.model.decode_step(nxt, pos, cache)
         return prob, torch.stack(ans, 1)
 
     @torch.no_grad()
@@ -189,7 +199,7 @@ class UniGenDet:
         z = seeded_noise((m.latent_channels, m.latent_grid, m.latent_grid), seeds)
         ts = torch.linspace(1.0, 0.0, (steps or self.cfg.gen_steps) + 1)
         for t, t_next in zip(ts[:-1], ts[1:]):
-            v, _ = self.model.generation_forward(cap, cap != self.pad_id, z, t.expand(len(z)))
+            v = self.model.generation(cap, cap != self.pad_id, z, t.expand(len(z)))["velocity"]
             z = z + (t_next - t) * v
         return to_uint8(self.vae.decode(z / self.vae.config.scaling_factor).sample)
 

@@ -51,3 +51,13 @@ def gduf_total_loss(l_cls: torch.Tensor, l_exp: torch.Tensor, l_gen: torch.Tenso
                     w_gen: float) -> torch.Tensor:
     """UniGenDet eq. 9: L = l1 L_cls + l2 L_exp + l3 L_gen."""
     return w_cls * l_cls + w_exp * l_exp + w_gen * l_gen
+
+
+def diga_loss(projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """UniGenDet eq. 10: L_DIGA = -(1/N) sum_n cos(h_phi(g_l(x_t))_n, f_D(x)_n) over patches n (and the batch)."""
+    return -F.cosine_similarity(projected, target, dim=-1).mean()
+
+
+def diga_total_loss(l_fm: torch.Tensor, l_diga: torch.Tensor, lam: float) -> torch.Tensor:
+    """UniGenDet eq. 11: L = L_FM + lambda * L_DIGA."""
+    return l_fm + lam * l_diga

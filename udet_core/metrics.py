@@ -117,3 +117,34 @@ def explanation_metrics(labels, references, predictions) -> dict:
             "F1": float(f1_score(y, v, zero_division=0)) if ok else float("nan"),
             "ROUGE-L": float(np.mean([rouge_l(references[i], predictions[i]) for i in ok])) if ok else float("nan"),
             "CSS": float(np.mean([css(references[i], predictions[i]) for i in ok])) if ok else float("nan")}
+
+
+# ------------------------------------------------------------------ generation metrics (UniGenDet Table 4, D)
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """The FID formula (Heusel et al. 2017) on two feature sets (N, D): ||mu_a - mu_b||^2 +
+    Tr(S_a + S_b - 2 (S_a S_b)^(1/2)). 'FID' proper only with Inception features; tables name the features."""
+    from scipy import linalg
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(s_a @ s_b)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * covmean.real))
+
+
+def intra_prompt_diversity(groups, distance) -> float:
+    """UniGenDet Table D: the mean pairwise perceptual distance among the samples of each prompt (uint8 arrays),
+    averaged over prompts. `distance(x, y)` maps two [-1, 1] image batches to per-pair distances."""
+    import torch
+    from .data.images import to_tensor
+    per_prompt = []
+    for g in groups:
+        x = to_tensor(g)
+        i, j = torch.triu_indices(len(x), len(x), offset=1)
+        with torch.no_grad():
+            per_prompt.append(float(distance(x[i], x[j]).mean()))
+    return float(np.mean(per_prompt))
+
+
+def judged_real_share(scores, threshold: float) -> float:
+    """Detector-judged realism: the share of generated images a frozen detector scores as real (below threshold)."""
+    return float((np.asarray(scores, dtype=float) < threshold).mean())

@@ -204,6 +204,30 @@ class GdufConfig:
 
 
 @dataclass(frozen=True)
+class DigaConfig:
+    """UniGenDet stage 2 (DIGA, eq. 10-11): align the generator's layer-l states on noisy latents with the frozen
+    GDUF detector's features of the clean real image, through a trainable projector."""
+    lam: float = 0.5                  # eq. 11 weight (official default 0.5)
+    student_layer: int = 2            # generator layer l (paper: 8 of 28)
+    teacher_layer: int | None = None  # detector layer of the targets (None: the last block, as the paper; official code: 8)
+    projector_mult: int = 4           # official projector Linear(H, 4H) - GELU - Linear(4H, H)
+    gen_ratio: float = 1.0            # generation rows per detection row (detection rows: real/fake balanced, eq. 6-7)
+    steps: int = 200
+    batch_size: int = 32
+    lr: float = 3e-4
+
+
+@dataclass(frozen=True)
+class GenEvalConfig:
+    """Generation metrics (paper Table 4 / D): FID-style distance, intra-prompt diversity, detector-judged realism."""
+    n_samples: int = 256              # generated images per model for the FID-style distance
+    n_prompts: int = 8                # prompts for the diversity measure
+    per_prompt: int = 16              # samples per prompt (paper Table D: 16)
+    judges: tuple[str, ...] = ("cnnspot", "aeroblade")   # frozen detectors that judge realism
+    featnet_steps: int = 300          # training steps of the substitute feature network (when Inception is absent)
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """The common protocol: detectors, seeds, robustness grid, format-bias check, cross-domain matrix."""
     detectors: tuple[str, ...] = ("craft", "dire", "aeroblade", "cnnspot", "unigendet")
@@ -231,6 +255,8 @@ class Profile:
     dire: DireConfig = DireConfig()
     aeroblade: AerobladeConfig = AerobladeConfig()
     gduf: GdufConfig = GdufConfig()
+    diga: DigaConfig = DigaConfig()
+    geneval: GenEvalConfig = GenEvalConfig()
     eval: EvalConfig = EvalConfig()
 
 
@@ -254,6 +280,8 @@ def _tiny() -> Profile:
                                             intermediate_size=64, vit_hidden_size=16, vit_layers=1, vit_heads=2,
                                             vit_intermediate_size=32, vit_patch_size=8),
                         steps=4, batch_size=8, gen_steps=3, eval_batch_size=16, max_answer_tokens=24),
+        diga=DigaConfig(student_layer=1, steps=4, batch_size=8),
+        geneval=GenEvalConfig(n_samples=16, n_prompts=2, per_prompt=4, featnet_steps=4),
         eval=EvalConfig(seeds=(0, 1), jpeg_qualities=(None, 50), crop_ratios=(1.0, 0.5), blur_sigmas=(1.0,),
                         robustness_per_class=4),
     )
@@ -277,6 +305,10 @@ def _paper() -> Profile:
         cnnspot=ClassifierConfig(widths=(64, 128, 256, 512), steps=20000, blur_sigma=(0.0, 1.5)),
         dire=DireConfig(classifier=ClassifierConfig(widths=(64, 128, 256, 512), steps=20000, blur_prob=0.0,
                                                     jpeg_prob=0.0)),
+        gduf=GdufConfig(model=UnifiedConfig(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=2,
+                                            intermediate_size=1536, vit_hidden_size=384, vit_layers=6, vit_heads=6,
+                                            vit_intermediate_size=1536, vit_patch_size=16),
+                        steps=20000, batch_size=64, lr=3e-4, gen_steps=50),
         eval=EvalConfig(seeds=(0, 1, 2, 3, 4), blur_sigmas=(0.5, 1.0, 2.0), robustness_per_class=500),
     )
 

@@ -221,7 +221,16 @@ class UnifiedModel(nn.Module):
         return self.connector(self.vit(pixel_values=x).last_hidden_state)
 
     # -- the transformer
-    def forward(self, embeds, is_gen, mask, positions, hidden_layers: tuple[int, ...] = (), cache: list | None = None):
+    def forward(self, task: str, **inputs) -> dict:
+        """The entry point training calls (so that DistributedDataParallel sees every use of the weights):
+        `task` "detection" (see `detection`) or "generation" (see `generation`)."""
+        if task == "detection":
+            return self.detection(**inputs)
+        if task == "generation":
+            return self.generation(**inputs)
+        raise ValueError(f"unknown task {task!r}; use 'detection' or 'generation'")
+
+    def transformer(self, embeds, is_gen, mask, positions, hidden_layers: tuple[int, ...] = (), cache: list | None = None):
         """Run the MoT stack. Returns the final normed states (each expert's own final norm) and, for each index
         in `hidden_layers`, the states after that many layers. `cache` (one dict per layer) keeps keys/values."""
         cos, sin = self.rotary(embeds, positions)
@@ -232,11 +241,12 @@ class UnifiedModel(nn.Module):
                 hidden[i + 1] = h
         return routed(h, is_gen, self.norm, self.norm_gen), hidden
 
-    def detection_forward(self, z, x, instruction, answer, answer_valid, smsa: bool = True, hidden_layers=(),
-                          cache: list | None = None):
-        """Detection sequence (clean latents | ViT | instruction | answer). Returns (final states, hidden states,
-        index of the first answer token). With `cache` (a list of empty dicts) its keys/values are kept for
-        `decode_step`."""
+    def detection(self, z, x, instruction, answer, answer_valid, smsa: bool = True, hidden_layers=(),
+                  cache: list | None = None) -> dict:
+        """Detection sequence (clean latents | ViT | instruction | answer). Returns the detection head's logits at
+        the first answer token (`cls_logits`), the LM logits from there on (`lm_logits`: position i predicts answer
+        token i+1), the final `states`, the `hidden` states asked for and `answer_start`. With `cache` (a list of
+        empty dicts) the keys/values are kept for `decode_step`."""
         B = z.shape[0]
         vae, vit = self.latent_tokens(z, torch.zeros(B, device=z.device)), self.vit_tokens(x)
         txt = self.embed_tokens(torch.cat([instruction, answer], 1))
@@ -246,20 +256,23 @@ class UnifiedModel(nn.Module):
         is_gen = torch.zeros(B, mask.shape[-1], dtype=torch.bool, device=z.device)
         is_gen[:, :vae.shape[1]] = True
         pos = rope_positions(splits).to(z.device).expand(B, -1)
-        h, hidden = self(torch.cat([vae, vit, txt], 1), is_gen, mask, pos, hidden_layers, cache)
-        return h, hidden, vae.shape[1] + vit.shape[1] + instruction.shape[1]
+        h, hidden = self.transformer(torch.cat([vae, vit, txt], 1), is_gen, mask, pos, hidden_layers, cache)
+        i0 = vae.shape[1] + vit.shape[1] + instruction.shape[1]
+        return {"cls_logits": self.det_head(h[:, i0]), "lm_logits": self.lm_head(h[:, i0:]), "states": h,
+                "hidden": hidden, "answer_start": i0}
 
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, cache: list) -> torch.Tensor:
         """One more answer token per sample (understanding expert; it sees every cached token, as an answer token
-        sees everything before it). Returns its final state (B, H)."""
+        sees everything before it). Returns the LM logits for the token after it (B, vocab)."""
         B, T = len(tokens), cache[0]["k"].shape[2] + 1
         mask = torch.ones(B, 1, T, dtype=torch.bool, device=tokens.device)
         is_gen = torch.zeros(B, 1, dtype=torch.bool, device=tokens.device)
-        h, _ = self(self.embed_tokens(tokens[:, None]), is_gen, mask, positions[:, None], cache=cache)
-        return h[:, -1]
+        h, _ = self.transformer(self.embed_tokens(tokens[:, None]), is_gen, mask, positions[:, None], cache=cache)
+        return self.lm_head(h[:, -1])
 
-    def generation_forward(self, caption, caption_valid, z_t, t, hidden_layers=()):
-        """Generation sequence (left-padded caption | noisy latents). Returns (velocity, hidden states)."""
+    def generation(self, caption, caption_valid, z_t, t, hidden_layers=()) -> dict:
+        """Generation sequence (left-padded caption | noisy latents). Returns the predicted `velocity` and the
+        `hidden` states asked for."""
         B = z_t.shape[0]
         lat = self.latent_tokens(z_t, t)
         splits = generation_splits(caption.shape[1], lat.shape[1])
@@ -268,10 +281,10 @@ class UnifiedModel(nn.Module):
         is_gen = torch.zeros_like(valid)
         is_gen[:, caption.shape[1]:] = True
         pos = rope_positions(splits).to(z_t.device).expand(B, -1)
-        h, hidden = self(torch.cat([self.embed_tokens(caption), lat], 1), is_gen, mask, pos, hidden_layers)
+        h, hidden = self.transformer(torch.cat([self.embed_tokens(caption), lat], 1), is_gen, mask, pos, hidden_layers)
         v = unpatchify(self.llm2vae(h[:, caption.shape[1]:]), self.cfg.latent_patch_size, self.cfg.latent_channels,
                        z_t.shape[-1])
-        return v, hidden
+        return {"velocity": v, "hidden": hidden}
 
 
 def count_parameters(module: nn.Module) -> dict:

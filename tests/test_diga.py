@@ -1,0 +1,106 @@
+"""UniGenDet stage 2 (DIGA): the alignment term reaches the generator, the teacher stays frozen; generation metrics."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from udet_core.diga import Diga, teacher_features
+from udet_core.gduf import UniGenDet
+from udet_core.metrics import frechet_distance, intra_prompt_diversity, judged_real_share
+from udet_core.models.backbones import build_vae
+
+
+def tiny_unigendet(tiny, seed=0):
+    torch.manual_seed(seed)
+    texts = ["real. consistent with a camera 0.12", "fake. a GAN made it 3.4", "a close-up photo of a cat"]
+    return UniGenDet.build(replace(tiny.gduf, model=replace(tiny.gduf.model, num_layers=3)), build_vae(tiny.vae, 16),
+                           texts, 16)
+
+
+def generation_batch(ug, n=4):
+    torch.manual_seed(5)
+    x = torch.rand(n, 3, 16, 16) * 2 - 1
+    captions = ug.caption_ids(["a close-up photo of a cat"] * n)
+    answers = ug.answer_ids(["real. consistent"] * n)
+    return (x, ug.latents(x), torch.zeros(n, dtype=torch.long), answers, captions, torch.ones(n, dtype=torch.long))
+
+
+def gen_expert_grads(diga, lam):
+    diga.cfg = replace(diga.cfg, lam=lam)
+    model = diga.student.model
+    model.zero_grad()
+    diga.projector.zero_grad()
+    torch.manual_seed(0)                                  # the same noise and flow times for every call
+    total, parts = diga.loss({"model": model, "projector": diga.projector}, generation_batch(diga.student))
+    total.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if ".gen." in n and p.grad is not None}, parts
+
+
+def test_alignment_term_reaches_the_generation_expert(tiny):
+    diga = Diga(tiny_unigendet(tiny), replace(tiny.diga, student_layer=2))
+    with_align, parts = gen_expert_grads(diga, 0.5)
+    without, _ = gen_expert_grads(diga, 0.0)
+    assert parts["L_DIGA"] != 0.0
+    diff = {n: (with_align[n] - without[n]).abs().max().item() for n in with_align}
+    # layers up to l receive gradient from L_DIGA; the layer after l cannot (its states are not aligned)
+    assert max(v for n, v in diff.items() if n.startswith(("layers.0.", "layers.1."))) > 1e-6
+    assert max(v for n, v in diff.items() if n.startswith("layers.2.")) == 0.0
+    # with lambda = 0 the gradient is exactly the flow-matching gradient
+    model = diga.student.model
+    model.zero_grad()
+    torch.manual_seed(0)
+    x, z, y, answers, captions, task = generation_batch(diga.student)
+    diga.student.generation_terms(model, z, captions)[0].backward()
+    for n, p in model.named_parameters():
+        if n in without:
+            assert torch.allclose(p.grad, without[n], atol=1e-7), n
+
+
+def test_teacher_gets_no_gradient_and_does_not_change(tiny, tmp_path):
+    ug = tiny_unigendet(tiny)
+    diga = Diga(ug, replace(tiny.diga, student_layer=2, steps=2, batch_size=4, lr=1e-2))
+    teacher_before = {n: p.clone() for n, p in diga.teacher.model.named_parameters()}
+    student_before = {n: p.clone() for n, p in ug.model.named_parameters()}
+    x = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    import pandas as pd
+    df = pd.DataFrame({"label": [0, 1] * 4, "explanation": ["real. a", "fake. b"] * 4, "caption": ["a photo"] * 8})
+    history = diga.train(x, df, seed=0, out_dir=tmp_path, progress=False)
+    assert len(history) == 2 and all(np.isfinite(h["diga"]) for h in history)
+    assert all(p.grad is None and not p.requires_grad for p in diga.teacher.model.parameters())
+    assert all(torch.equal(p, teacher_before[n]) for n, p in diga.teacher.model.named_parameters())
+    assert any(not torch.equal(p, student_before[n]) for n, p in ug.model.named_parameters())
+    f = teacher_features(diga.teacher, torch.rand(2, 3, 16, 16) * 2 - 1, diga.teacher_layer)
+    n_latent = (ug.model.cfg.latent_grid // ug.model.cfg.latent_patch_size) ** 2
+    assert f.shape == (2, n_latent, ug.model.cfg.hidden_size)
+    rms = f.pow(2).mean(-1).sqrt()          # RMS-normed ViT states, bilinearly resized: convex mixes of unit-RMS rows
+    assert (rms <= 1 + 1e-4).all() and rms.max() > 1 - 1e-4
+
+
+def test_generation_metrics_by_hand():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    assert frechet_distance(a, a + np.array([1.0, 2.0, 0.0])) == pytest.approx(5.0, abs=1e-6)   # same cov: ||d||^2
+    same = np.repeat(rng.integers(0, 256, (1, 8, 8, 3), dtype=np.uint8), 4, axis=0)
+    mse = lambda x, y: ((x - y) ** 2).flatten(1).mean(1)   # noqa: E731
+    assert intra_prompt_diversity([same], mse) == 0.0
+    assert intra_prompt_diversity([rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)], mse) > 0.1
+    assert judged_real_share([0.1, 0.9, 0.4, 0.6], threshold=0.5) == 0.5
+
+
+def test_diga_runs_are_cached_and_measured(tiny_run, tiny):
+    from udet_core.diga import fitted_diga, generation_metrics
+    from udet_core.evaluation import load_benchmark
+    run_dir, _ = tiny_run
+    images, df = load_benchmark(tiny, run_dir)
+    student, history = fitted_diga(tiny, run_dir, images, df, seed=0)
+    assert [h["step"] for h in history] == list(range(1, tiny.diga.steps + 1))
+    again, _ = fitted_diga(tiny, run_dir, images, df, seed=0)
+    x = images[:4]
+    assert np.allclose(again.probabilities(x), student.probabilities(x), atol=1e-6)
+    table, out = generation_metrics({"after DIGA": student}, tiny, run_dir, images, df, seed=0)
+    assert list(table.columns[:3]) == ["stage", "FID-style", "diversity"]
+    assert np.isfinite(table[["FID-style", "diversity"]].to_numpy()).all()
+    assert out["info"]["features"].startswith(("workbench feature net", "Inception"))
+    assert out["samples"]["after DIGA"].shape == (tiny.geneval.n_samples, 16, 16, 3)

@@ -1,0 +1,69 @@
+"""A substitute feature network for FID-style distances when Inception weights are absent (no downloads here).
+
+A small CNN trained by the workbench to tell which bundled photograph a real crop comes from (all photos, several
+scales); its penultimate activations are the features. Every table that uses it says so ("workbench feature net").
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"   # torchvision's ImageNet Inception-v3 (used when in the hub cache)
+
+
+class FeatureNet(nn.Module):
+    """conv(32)-conv(64)-conv(128) with stride-2 downsampling, global average pool -> 128-d features, linear head."""
+
+    def __init__(self, n_classes: int, width: int = 32):
+        super().__init__()
+        layers, c = [], 3
+        for w in (width, 2 * width, 4 * width):
+            layers += [nn.Conv2d(c, w, 3, 2, 1), nn.GroupNorm(8, w), nn.SiLU(), nn.Conv2d(w, w, 3, 1, 1), nn.SiLU()]
+            c = w
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(c, n_classes)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+    @torch.no_grad()
+    def features(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """uint8 (N, H, W, 3) -> (N, 128) features."""
+        from ..data.images import to_tensor
+        self.eval()
+        return torch.cat([self.body(b) for b in to_tensor(images).split(batch_size)]).numpy()
+
+
+def train_featnet(resolution: int, steps: int, seed: int = 0, n_crops: int = 4096, out_dir=None,
+                  progress: bool = False) -> tuple[FeatureNet, list[dict]]:
+    """Train the feature network on random multi-scale crops of every bundled photograph (source classification)."""
+    import torch.nn.functional as F
+    from ..data.images import to_tensor
+    from ..data.sources import PHOTOS, random_crops
+    from ..train import Objective, fit
+    names = sorted(PHOTOS)
+    crops, meta = random_crops(names, n_crops, resolution, (0.12, 0.25, 0.5, 1.0), np.random.default_rng([seed, 7]))
+    y = torch.tensor([names.index(m["source"]) for m in meta])
+    torch.manual_seed(seed)
+    net = FeatureNet(len(names))
+    obj = Objective("featnet", lambda m, b: F.cross_entropy(m["net"](b[0]), b[1]), [{"params": net.parameters()}],
+                    lr=2e-3)
+    history = fit({"net": net}, [obj], (to_tensor(crops), y), steps=steps, batch_size=64, seed=seed, out_dir=out_dir,
+                  desc="feature net", progress=progress)
+    return net.eval(), history
+
+
+def save_featnet(net: FeatureNet, folder) -> None:
+    from safetensors.torch import save_file
+    save_file(net.state_dict(), str(Path(folder) / "featnet.safetensors"))
+
+
+def load_featnet(folder) -> FeatureNet:
+    from safetensors.torch import load_file
+    from ..data.sources import PHOTOS
+    net = FeatureNet(len(PHOTOS))
+    net.load_state_dict(load_file(str(Path(folder) / "featnet.safetensors")))
+    return net.eval()
