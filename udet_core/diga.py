@@ -174,21 +174,23 @@ def feature_extractor(p, run_dir, progress: bool = False):
 
 def generation_metrics(models: dict, p, run_dir, images: np.ndarray, df: pd.DataFrame, *, seed: int,
                        progress: bool = False) -> tuple[pd.DataFrame, dict]:
-    """UniGenDet Table 4 / D analogue for each {stage: UniGenDet}: FID-style distance of `n_samples` images generated
-    from test-domain captions to the test reals, intra-prompt diversity over `per_prompt` samples of `n_prompts`
-    captions, and the share of samples each frozen judge (registry detectors fitted with `seed`) calls real.
-    Returns (one row per stage, {stage: generated images})."""
+    """UniGenDet Table 4 / D analogue for each {stage: UniGenDet}: FID-style distance between `n_samples` images
+    generated from the captions of fresh random crops of the training photos (the distribution every stage learned;
+    the crops are not in the manifest) and those crops, intra-prompt diversity over `per_prompt` samples of
+    `n_prompts` of the captions, and the share of samples each frozen judge (registry detectors fitted with `seed`)
+    calls real. Returns (one row per stage, {"samples": {stage: images}, "reference": crops, "prompts", "info"})."""
+    from .data.sources import caption_for, random_crops
     from .detectors import fitted
     from .distances import LPIPSDistance
     from .metrics import frechet_distance, intra_prompt_diversity, judged_real_share
     from .progress import tqdm
     g = p.geneval
     feat_name, features = feature_extractor(p, run_dir, progress)
-    test = df[(df["split"] == "test") & (df["label"] == 0)]
-    real_feats = features(images[test.index.to_numpy()])
-    captions = list(test["caption"])
-    prompts = [captions[i % len(captions)] for i in range(g.n_samples)]
-    diverse = list(pd.unique(test["caption"]))[:g.n_prompts]
+    crops, meta = random_crops(p.data.split_photos["train"], g.n_samples, p.data.resolution, p.data.crop_scales,
+                               np.random.default_rng([p.seed, 4242]))
+    real_feats = features(crops)
+    prompts = [caption_for(m["source"], m["scale"]) for m in meta]
+    diverse = list(dict.fromkeys(prompts))[:g.n_prompts]
     lpips = LPIPSDistance("vgg")
     judges = {name: fitted(name, p, run_dir, images, df, seed=seed) for name in g.judges}
     rows, samples = [], {}
@@ -203,5 +205,5 @@ def generation_metrics(models: dict, p, run_dir, images: np.ndarray, df: pd.Data
             row[f"judged real by {name}"] = judged_real_share(det.score(gen), det.threshold)
         rows.append(row)
     info = {"features": feat_name, "diversity_distance": lpips.name, "n_samples": g.n_samples,
-            "n_real_reference": len(real_feats), "judges": list(g.judges)}
-    return pd.DataFrame(rows), {"samples": samples, "info": info}
+            "reference": "fresh crops of the training photos", "judges": list(g.judges)}
+    return pd.DataFrame(rows), {"samples": samples, "reference": crops, "prompts": prompts, "info": info}
