@@ -192,14 +192,16 @@ def test_fast_mode_scores(tiny_checkpoint, tiny_data):
 
 
 def test_two_processes_match_one_process(tiny_run, tiny_checkpoint):
-    """`accelerate launch --num_processes 2 --cpu` trains the same model as one process (same global batches;
-    DDP averages the two halves' gradients). Stated tolerance: per-step losses within 1e-4 (float summation)."""
+    """Two CPU processes (torchrun with ACCELERATE_USE_CPU; `accelerate launch --cpu` starts only one process without
+    an MPI hostfile) train the same model as one process (same global batches; DDP averages the two halves'
+    gradients). Stated tolerance: per-step losses within 1e-4 (float summation)."""
+    import os
     run_dir, _ = tiny_run
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1", "--cpu",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "udet_core", "train-craft", "--profile", "tiny",
-           "--run-dir", str(run_dir), "--name", "craft-2proc"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "udet_core", "train-craft",
+           "--profile", "tiny", "--run-dir", str(run_dir), "--name", "craft-2proc"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "ACCELERATE_USE_CPU": "true"})
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "trained by 2 processes" in r.stdout, r.stdout[-2000:]
     two = next(run_dir.glob("artifacts/craft-2proc-*"))
     h1 = json.loads((tiny_checkpoint / "craft.json").read_text())["history"]
     h2 = json.loads((two / "craft.json").read_text())["history"]

@@ -64,9 +64,10 @@ def main(argv=None) -> int:
         from .craft import run_craft
         from .profiles import get_profile
         from .runner import default_run_dir
+        from accelerate import PartialState
         path = run_craft(get_profile(a.profile, seed=a.seed), a.run_dir or default_run_dir(a.profile), name=a.name,
                          force=a.force)
-        print(f"CRAFT checkpoint: {path}")
+        print(f"CRAFT checkpoint: {path} (trained by {PartialState().num_processes} processes)")
     elif a.cmd == "bench":
         import json
         from . import bench

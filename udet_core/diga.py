@@ -76,15 +76,12 @@ class Diga:
         """Eq. 11 on the generation rows (+ the GDUF detection terms on the balanced detection rows).
         Returns (total, {term: value})."""
         model, projector, s = modules["model"], modules["projector"], self.student
-        x, z, y, answers, captions, task = batch
-        det, gen = task == 0, task == 1
-        l_cls = l_exp = l_fm = l_diga = z.new_zeros(())
-        if det.any():
-            l_cls, l_exp = s.detection_terms(model, x[det], z[det], y[det], answers[det])
-        if gen.any():
-            l_fm, out, n_caption = s.generation_terms(model, z[gen], captions[gen], hidden_layers=(self.cfg.student_layer,))
-            states = out["hidden"][self.cfg.student_layer][:, n_caption:]
-            l_diga = diga_loss(projector(states), teacher_features(self.teacher, x[gen], self.teacher_layer))
+        x, task = batch[0], batch[-1]
+        l_cls, l_exp, l_fm, gen_out, n_caption = s.step_terms(model, batch, hidden_layers=(self.cfg.student_layer,))
+        l_diga = l_fm.new_zeros(())
+        if gen_out is not None:
+            states = gen_out["hidden"][self.cfg.student_layer][:, n_caption:]
+            l_diga = diga_loss(projector(states), teacher_features(self.teacher, x[task == 1], self.teacher_layer))
         total = gduf_total_loss(l_cls, l_exp, diga_total_loss(l_fm, l_diga, self.cfg.lam), s.cfg.w_cls, s.cfg.w_exp, 1.0)
         return total, {"L_cls": l_cls.item(), "L_exp": l_exp.item(), "L_FM": l_fm.item(), "L_DIGA": l_diga.item()}
 

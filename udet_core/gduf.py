@@ -93,34 +93,36 @@ class UniGenDet:
         return (x[idx], self.latents(x)[idx], y[idx], self.answer_ids(df["explanation"])[idx],
                 self.caption_ids(df["caption"])[idx], task)
 
-    def detection_terms(self, model: UnifiedModel, x, z, y, answers):
-        """Eq. 6 (head cross-entropy) and eq. 7 (explanation LM loss) on detection rows."""
-        a = _trim(answers, self.pad_id, left=False)
-        valid = a != self.pad_id
-        out = model("detection", z=z, x=x, instruction=self.instruction(len(a)).to(a.device), answer=a,
-                    answer_valid=valid, smsa=self.cfg.smsa)
-        targets = a[:, 1:].masked_fill(~valid[:, 1:], -100)
-        return gduf_cls_loss(out["cls_logits"], y), gduf_explanation_loss(out["lm_logits"][:, :-1], targets)
-
-    def generation_terms(self, model: UnifiedModel, z, captions, hidden_layers=()):
-        """Eq. 5 and 8 (flow matching) on generation rows; also returns the model's output (hidden states) and
-        the trimmed caption length."""
-        c = _trim(captions, self.pad_id, left=True)
-        noise, t = torch.randn_like(z), torch.rand(len(z), device=z.device)
-        out = model("generation", caption=c, caption_valid=c != self.pad_id, z_t=flow_matching_noisy(z, noise, t), t=t,
-                    hidden_layers=hidden_layers)
-        return flow_matching_loss(out["velocity"], z, noise), out, c.shape[1]
-
-    def loss(self, model: UnifiedModel, batch: tuple):
-        """Eq. 9 on one mixed batch: head CE + explanation LM CE on the detection rows, flow matching on the
-        generation rows. Returns (total, {term: value})."""
+    def step_terms(self, model: UnifiedModel, batch: tuple, hidden_layers=()):
+        """One forward of the mixed batch: eq. 6 (head cross-entropy) and eq. 7 (explanation LM loss) on the detection
+        rows, eq. 5 + 8 (flow matching) on the generation rows (zero where a task has no rows). Returns
+        (l_cls, l_exp, l_gen, the generation output with the `hidden_layers` states, caption length)."""
         x, z, y, answers, captions, task = batch
         det, gen = task == 0, task == 1
-        l_cls = l_exp = l_gen = z.new_zeros(())
+        det_in = gen_in = None
         if det.any():
-            l_cls, l_exp = self.detection_terms(model, x[det], z[det], y[det], answers[det])
+            a = _trim(answers[det], self.pad_id, left=False)
+            det_in = {"z": z[det], "x": x[det], "instruction": self.instruction(len(a)).to(a.device), "answer": a,
+                      "answer_valid": a != self.pad_id, "smsa": self.cfg.smsa}
         if gen.any():
-            l_gen = self.generation_terms(model, z[gen], captions[gen])[0]
+            c = _trim(captions[gen], self.pad_id, left=True)
+            x0 = z[gen]
+            noise, t = torch.randn_like(x0), torch.rand(len(x0), device=x0.device)
+            gen_in = {"caption": c, "caption_valid": c != self.pad_id, "z_t": flow_matching_noisy(x0, noise, t), "t": t,
+                      "hidden_layers": hidden_layers}
+        out = model(detection=det_in, generation=gen_in)
+        l_cls = l_exp = l_gen = z.new_zeros(())
+        if det_in is not None:
+            a, d = det_in["answer"], out["detection"]
+            l_cls = gduf_cls_loss(d["cls_logits"], y[det])
+            l_exp = gduf_explanation_loss(d["lm_logits"][:, :-1], a[:, 1:].masked_fill(~det_in["answer_valid"][:, 1:], -100))
+        if gen_in is not None:
+            l_gen = flow_matching_loss(out["generation"]["velocity"], x0, noise)
+        return l_cls, l_exp, l_gen, out["generation"], 0 if gen_in is None else gen_in["caption"].shape[1]
+
+    def loss(self, model: UnifiedModel, batch: tuple):
+        """Eq. 9 on one mixed batch. Returns (total, {term: value})."""
+        l_cls, l_exp, l_gen, _, _ = self.step_terms(model, batch)
         total = gduf_total_loss(l_cls, l_exp, l_gen, self.cfg.w_cls, self.cfg.w_exp, self.cfg.w_gen)
         return total, {"L_cls": l_cls.item(), "L_exp": l_exp.item(), "L_gen": l_gen.item()}
 
@@ -131,7 +133,8 @@ class UniGenDet:
         obj = Objective("gduf", lambda m, b: self.loss(m["model"], b), [{"params": self.model.parameters()}],
                         lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         history = fit({"model": self.model}, [obj], data, steps=self.cfg.steps, batch_size=self.cfg.batch_size,
-                      seed=seed, out_dir=out_dir, checkpoint_every=checkpoint_every, desc="GDUF", progress=progress)
+                      seed=seed, out_dir=out_dir, checkpoint_every=checkpoint_every, desc="GDUF", progress=progress,
+                      accelerator=mixed_task_accelerator())
         self.model.eval()
         return history
 
@@ -233,6 +236,14 @@ class UniGenDet:
                  AutoencoderKL.from_pretrained(str(folder / "vae")))
         ug.threshold = meta["threshold"]
         return ug
+
+
+def mixed_task_accelerator():
+    """An Accelerator whose DistributedDataParallel tolerates weights a step does not use (a process's share of a
+    mixed batch may hold no generation rows, or no detection rows)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+    return Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)])
 
 
 def cache_position(model: UnifiedModel, x: torch.Tensor, n_instruction: int) -> int:

@@ -221,14 +221,12 @@ class UnifiedModel(nn.Module):
         return self.connector(self.vit(pixel_values=x).last_hidden_state)
 
     # -- the transformer
-    def forward(self, task: str, **inputs) -> dict:
-        """The entry point training calls (so that DistributedDataParallel sees every use of the weights):
-        `task` "detection" (see `detection`) or "generation" (see `generation`)."""
-        if task == "detection":
-            return self.detection(**inputs)
-        if task == "generation":
-            return self.generation(**inputs)
-        raise ValueError(f"unknown task {task!r}; use 'detection' or 'generation'")
+    def forward(self, detection: dict | None = None, generation: dict | None = None) -> dict:
+        """The one call per training step (DistributedDataParallel allows one forward before each backward): the
+        detection samples' and the generation samples' outputs, from `detection(**detection)` and
+        `generation(**generation)`; a task without samples is None."""
+        return {"detection": None if detection is None else self.detection(**detection),
+                "generation": None if generation is None else self.generation(**generation)}
 
     def transformer(self, embeds, is_gen, mask, positions, hidden_layers: tuple[int, ...] = (), cache: list | None = None):
         """Run the MoT stack. Returns the final normed states (each expert's own final norm) and, for each index
