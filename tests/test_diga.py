@@ -70,7 +70,7 @@ def test_teacher_gets_no_gradient_and_does_not_change(tiny, tmp_path):
     assert all(torch.equal(p, teacher_before[n]) for n, p in diga.teacher.model.named_parameters())
     assert any(not torch.equal(p, student_before[n]) for n, p in ug.model.named_parameters())
     f = teacher_features(diga.teacher, torch.rand(2, 3, 16, 16) * 2 - 1, diga.teacher_layer)
-    n_latent = (ug.model.cfg.latent_grid // ug.model.cfg.latent_patch_size) ** 2
+    n_latent = ug.model.image_token_counts()[0]
     assert f.shape == (2, n_latent, ug.model.cfg.hidden_size)
     rms = f.pow(2).mean(-1).sqrt()          # RMS-normed ViT states, bilinearly resized: convex mixes of unit-RMS rows
     assert (rms <= 1 + 1e-4).all() and rms.max() > 1 - 1e-4

@@ -138,7 +138,7 @@ def test_generation_expert_reaches_detection_only_through_smsa(tiny_model):
     z = tiny_model.latents(x)
     ins, ans = tiny_model.instruction(2), torch.full((2, 3), 5)
     valid = torch.ones_like(ans, dtype=torch.bool)
-    n_vae = (m.cfg.latent_grid // m.cfg.latent_patch_size) ** 2
+    n_vae = m.image_token_counts()[0]
     before = {s: m.detection(z, x, ins, ans, valid, smsa=s)["states"] for s in (True, False)}
     with torch.no_grad():
         saved = m.layers[0].gen.mlp.down_proj.weight.clone()
@@ -196,7 +196,7 @@ def test_unigendet_trains_detects_generates_and_reloads(tiny_run, tiny, tmp_path
     assert all(np.isfinite([h["L_cls"], h["L_exp"], h["L_gen"]]).all() for h in det.history)
     x = images[(df["split"] == "test").to_numpy()][:4]
     out = cached_answers(det, x)
-    assert list(out.columns) == ["prob_fake", "label", "explanation", "verdict"] and len(out) == 4
+    assert list(out.columns) == ["prob_fake", "label", "explanation"] and len(out) == 4
     assert ((out.prob_fake >= det.threshold).astype(int) == out.label).all()
     again = cached_answers(det, x)                                    # read back from the artifact
     assert again.explanation.tolist() == out.explanation.tolist()

@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gduf import UniGenDet
+from .gduf import UniGenDet, mixed_task_accelerator
 from .losses import diga_loss, diga_total_loss, gduf_total_loss
-from .models.unified import ANSWER
 from .profiles import DigaConfig
 from .runs import atomic_write_json
 from .train import Objective, fit
@@ -35,21 +34,13 @@ class Projector(nn.Sequential):
         super().__init__(nn.Linear(width, mult * width), nn.GELU(), nn.Linear(mult * width, teacher_width))
 
 
-def token_counts(ug: UniGenDet) -> tuple[int, int]:
-    """(VAE-latent tokens, ViT tokens) of one image for this model."""
-    c = ug.model.cfg
-    return (c.latent_grid // c.latent_patch_size) ** 2, (c.vit_image_size // c.vit_patch_size) ** 2
-
-
 @torch.no_grad()
 def teacher_features(teacher: UniGenDet, x: torch.Tensor, layer: int) -> torch.Tensor:
     """f_D(x): the frozen detector's states of the ViT tokens of clean images `x` after `layer` blocks, RMS-normed
     and resized (bilinear) to the latent token grid -> (B, latent tokens, H_teacher)."""
-    m, B = teacher.model, len(x)
-    a = torch.full((B, 1), teacher.tokenizer.convert_tokens_to_ids(ANSWER), device=x.device)
-    out = m.detection(teacher.latents(x), x, teacher.instruction(B).to(x.device), a, torch.ones_like(a, dtype=torch.bool),
-                      smsa=teacher.cfg.smsa, hidden_layers=(layer,))
-    n_vae, n_vit = token_counts(teacher)
+    B = len(x)
+    out = teacher.detection_prefix(x, hidden_layers=(layer,))
+    n_vae, n_vit = teacher.model.image_token_counts()
     f = out["hidden"][layer][:, n_vae:n_vae + n_vit]
     f = F.rms_norm(f, f.shape[-1:])
     g, gl = int(round(n_vit ** 0.5)), int(round(n_vae ** 0.5))
@@ -93,7 +84,7 @@ class Diga:
                                             {"params": self.projector.parameters()}], lr=self.cfg.lr)
         history = fit({"model": self.student.model, "projector": self.projector}, [obj], data, steps=self.cfg.steps,
                       batch_size=self.cfg.batch_size, seed=seed, out_dir=out_dir, checkpoint_every=checkpoint_every,
-                      desc="DIGA", progress=progress)
+                      desc="DIGA", progress=progress, accelerator=mixed_task_accelerator())
         self.student.model.eval()
         return history
 
@@ -106,14 +97,6 @@ class Diga:
         save_file({k: v.contiguous() for k, v in self.projector.state_dict().items()}, str(folder / "projector.safetensors"))
         atomic_write_json(folder / "diga.json", {"config": asdict(self.cfg), "teacher_layer": self.teacher_layer})
         return folder
-
-
-def load_diga_student(folder) -> UniGenDet:
-    """The generator (and detector) after DIGA, from a folder written by `Diga.save`."""
-    if not (Path(folder) / "diga.json").is_file():
-        from .data.images import DataError
-        raise DataError(folder, "not a DIGA checkpoint (diga.json missing)")
-    return UniGenDet.load(folder)
 
 
 # ------------------------------------------------------------------ cached runs and the generation metrics
@@ -162,7 +145,8 @@ def feature_extractor(p, run_dir, progress: bool = False):
     art = Artifact(run_dir, "featnet", p.data.resolution, p.geneval.featnet_steps, p.seed)
     if not art.done:
         out = art.begin()
-        net, history = train_featnet(p.data.resolution, p.geneval.featnet_steps, seed=p.seed, progress=progress)
+        net, history = train_featnet(p.data.resolution, p.geneval.featnet_steps, seed=p.seed, out_dir=out,
+                                     progress=progress)
         save_featnet(net, out)
         atomic_write_json(out / "history.json", history)
         art.commit(seed=p.seed)

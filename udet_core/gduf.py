@@ -79,8 +79,7 @@ class UniGenDet:
         """(pixels, latents, labels, answers, captions, task) rows: class-balanced detection rows (task 0), then
         `gen_ratio` (default: the config's) x as many generation rows drawn from the reals (task 1). A config
         whose detection weights are both 0 (a generation-only model) gets generation rows only."""
-        from .data.images import to_tensor
-        x = to_tensor(images, size=self.model.cfg.vit_image_size)
+        x = self._pixels(images)
         y = torch.tensor(df["label"].to_numpy(), dtype=torch.long)
         det = balanced(y)
         reals = torch.nonzero(y == 0).flatten()
@@ -144,25 +143,25 @@ class UniGenDet:
         """P(fake) from the detection head (one forward up to the first answer token)."""
         probs = []
         for x in tqdm(self._pixels(images).split(self.cfg.eval_batch_size), desc="UniGenDet head", disable=not progress):
-            probs.append(self._head(x)[0])
+            probs.append(self.detection_prefix(x)["cls_logits"].softmax(-1)[:, 1])
         return torch.cat(probs).numpy()
 
     def _pixels(self, images: np.ndarray) -> torch.Tensor:
         from .data.images import to_tensor
         return to_tensor(images, size=self.model.cfg.vit_image_size)
 
-    def _head(self, x: torch.Tensor, cache: list | None = None):
-        """P(fake) at the first answer token, and the LM logits there (the prediction of the verdict word)."""
-        a = torch.full((len(x), 1), self.tokenizer.convert_tokens_to_ids(ANSWER))
-        out = self.model.detection(self.latents(x), x, self.instruction(len(x)), a, torch.ones_like(a, dtype=torch.bool),
-                                   smsa=self.cfg.smsa, cache=cache)
-        return out["cls_logits"].softmax(-1)[:, 1], out["lm_logits"][:, -1]
+    def detection_prefix(self, x: torch.Tensor, cache: list | None = None, hidden_layers=()) -> dict:
+        """The model's detection output for images `x` up to the first answer token (the fixed "<|answer|>")."""
+        a = torch.full((len(x), 1), self.tokenizer.convert_tokens_to_ids(ANSWER), device=x.device)
+        return self.model.detection(self.latents(x), x, self.instruction(len(x)).to(x.device), a,
+                                    torch.ones_like(a, dtype=torch.bool), smsa=self.cfg.smsa,
+                                    hidden_layers=hidden_layers, cache=cache)
 
     def _decode(self, x: torch.Tensor, max_new: int):
         """Head probability and greedy answer ids (with a key/value cache), stopping when every answer has ended."""
         cache = [{} for _ in self.model.layers]
-        prob, logits = self._head(x, cache)
-        pos = torch.full((len(x),), cache_position(self.model, x, self.instruction(1).shape[1]))
+        out = self.detection_prefix(x, cache)
+        prob, logits, pos = out["cls_logits"].softmax(-1)[:, 1], out["lm_logits"][:, -1], out["positions"][:, -1]
         eos, ans, done = self.tokenizer.eos_token_id, [], torch.zeros(len(x), dtype=torch.bool)
         for _ in range(max_new):
             nxt = logits.argmax(-1).masked_fill(done, self.pad_id)
@@ -177,8 +176,8 @@ class UniGenDet:
     @torch.no_grad()
     def detect(self, images: np.ndarray, max_new_tokens: int | None = None, progress: bool = False) -> pd.DataFrame:
         """Per image: P(fake) from the head, the head's label at the stored threshold, and the explanation decoded
-        greedily from the LM head (the paper samples with nucleus sampling; greedy keeps runs reproducible)."""
-        from .metrics import parse_verdict
+        greedily from the LM head (the paper samples with nucleus sampling; greedy keeps runs reproducible). The
+        answer's own real/fake verdict is `metrics.parse_verdict(explanation)`."""
         max_new = max_new_tokens or self.cfg.max_answer_tokens - 1
         eos, rows = self.tokenizer.eos_token_id, []
         for x in tqdm(self._pixels(images).split(self.cfg.eval_batch_size), desc="UniGenDet detect",
@@ -186,8 +185,7 @@ class UniGenDet:
             prob, ans = self._decode(x, max_new)
             for p, ids in zip(prob.tolist(), ans.tolist()):
                 text = self.tokenizer.decode([i for i in ids if i not in (eos, self.pad_id)]).strip()
-                rows.append({"prob_fake": p, "label": int(p >= self.threshold), "explanation": text,
-                             "verdict": parse_verdict(text)})
+                rows.append({"prob_fake": p, "label": int(p >= self.threshold), "explanation": text})
         return pd.DataFrame(rows)
 
     # -- generation
@@ -244,14 +242,6 @@ def mixed_task_accelerator():
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
     return Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)])
-
-
-def cache_position(model: UnifiedModel, x: torch.Tensor, n_instruction: int) -> int:
-    """The rotary position of the first answer token of a detection sequence for images like `x`."""
-    from .models.unified import detection_splits, rope_positions
-    n_vae = (model.cfg.latent_grid // model.cfg.latent_patch_size) ** 2
-    n_vit = (model.cfg.vit_image_size // model.cfg.vit_patch_size) ** 2
-    return int(rope_positions(detection_splits(n_vae, n_vit, n_instruction, 1))[-1])
 
 
 def _pad(rows: list[list[int]], pad: int, left: bool) -> torch.Tensor:

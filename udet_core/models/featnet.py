@@ -52,7 +52,7 @@ def train_featnet(resolution: int, steps: int, seed: int = 0, n_crops: int = 409
     obj = Objective("featnet", lambda m, b: F.cross_entropy(m["net"](b[0]), b[1]), [{"params": net.parameters()}],
                     lr=2e-3)
     history = fit({"net": net}, [obj], (to_tensor(crops), y), steps=steps, batch_size=64, seed=seed, out_dir=out_dir,
-                  desc="feature net", progress=progress)
+                  checkpoint_every=100, desc="feature net", progress=progress)
     return net.eval(), history
 
 

@@ -207,6 +207,11 @@ class UnifiedModel(nn.Module):
                              persistent=False)
         self.det_head = nn.Sequential(nn.LayerNorm(H), nn.Linear(H, H // 4), nn.ReLU(), nn.Linear(H // 4, 2))
 
+    def image_token_counts(self) -> tuple[int, int]:
+        """(VAE-latent tokens, ViT tokens) of one image."""
+        c = self.cfg
+        return (c.latent_grid // c.latent_patch_size) ** 2, (c.vit_image_size // c.vit_patch_size) ** 2
+
     # -- token embeddings
     def latent_tokens(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """VAE latents at flow time t (0 = clean) -> tokens: patch projection + 2-D sin-cos position + time."""
@@ -243,8 +248,8 @@ class UnifiedModel(nn.Module):
                   cache: list | None = None) -> dict:
         """Detection sequence (clean latents | ViT | instruction | answer). Returns the detection head's logits at
         the first answer token (`cls_logits`), the LM logits from there on (`lm_logits`: position i predicts answer
-        token i+1), the final `states`, the `hidden` states asked for and `answer_start`. With `cache` (a list of
-        empty dicts) the keys/values are kept for `decode_step`."""
+        token i+1), the final `states`, the `hidden` states asked for and the rotary `positions`. With `cache` (a
+        list of empty dicts) the keys/values are kept for `decode_step`."""
         B = z.shape[0]
         vae, vit = self.latent_tokens(z, torch.zeros(B, device=z.device)), self.vit_tokens(x)
         txt = self.embed_tokens(torch.cat([instruction, answer], 1))
@@ -257,7 +262,7 @@ class UnifiedModel(nn.Module):
         h, hidden = self.transformer(torch.cat([vae, vit, txt], 1), is_gen, mask, pos, hidden_layers, cache)
         i0 = vae.shape[1] + vit.shape[1] + instruction.shape[1]
         return {"cls_logits": self.det_head(h[:, i0]), "lm_logits": self.lm_head(h[:, i0:]), "states": h,
-                "hidden": hidden, "answer_start": i0}
+                "hidden": hidden, "positions": pos}
 
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, cache: list) -> torch.Tensor:
         """One more answer token per sample (understanding expert; it sees every cached token, as an answer token
