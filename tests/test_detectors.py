@@ -1,5 +1,6 @@
 """The detector registry and the common evaluation protocol; the baselines' own mechanics."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -172,3 +173,69 @@ def test_cnnspot_augmentation_is_seeded_and_switchable():
     torch.manual_seed(0)
     b = blur_jpeg_augment(x, on)
     assert torch.equal(a, b) and not torch.equal(a, x)
+
+
+def test_craft_scores_through_the_prefix_cache_equal_fresh_scores(bench):
+    from udet_core.craft import cache_dir, prefix_key
+    p, run_dir, images, df = bench
+    det = fitted("craft", p, run_dir, images, df, seed=0)
+    x = images[(df["split"] == "test").to_numpy()][:6]
+    before = set(cache_dir(run_dir).glob("craft-prefix-*"))
+    cached = det.score(x)
+    assert len(set(cache_dir(run_dir).glob("craft-prefix-*")) - before) == 1     # one new prefix file
+    again = det.score(x)                                                          # read back from it
+    det.use_cache = False
+    fresh = det.score(x)
+    assert np.allclose(cached, fresh, atol=1e-6) and np.allclose(again, fresh, atol=1e-6)
+    # what the prefix depends on is in its key; what it does not depend on is not
+    m = det.model
+    key = prefix_key(m)
+    assert prefix_key(m, fast=True) != key
+    m.cfg = replace(m.cfg, lam=m.cfg.lam * 2)
+    assert prefix_key(m) != key
+    m.cfg = replace(m.cfg, lam=m.cfg.lam / 2, m=0.9, delta=0.9, loss="l1")
+    assert prefix_key(m) == key
+
+
+def test_ablation_variants_change_one_setting_each(tiny):
+    from dataclasses import fields
+    from udet_core.craft import ablation_variants, scaled_k
+    assert (scaled_k(15, 50), scaled_k(15, 10), scaled_k(5, 10), scaled_k(50, 10), scaled_k(1, 10)) == (15, 3, 1, 10, 1)
+    v = ablation_variants(tiny)
+    modules = {"train_encoder", "train_unet", "train_decoder"}
+    allowed = {"table2": modules | {"loss", "perturb"}, "table5": modules, "table6": {"k"}, "lambda": {"lam"},
+               "margin": {"m"}, "delta": {"delta"}}
+    for group, cfgs in v.items():
+        for cfg in cfgs.values():
+            changed = {f.name for f in fields(cfg) if getattr(cfg, f.name) != getattr(tiny.craft, f.name)}
+            assert changed <= allowed[group], (group, changed)
+    assert len({(c.train_encoder, c.train_unet, c.train_decoder) for c in v["table5"].values()}) == 8
+    assert len(v["table2"]) == 8 and v["table2"]["CR + CE + perturbation"] == tiny.craft
+    assert sorted(c.k for c in v["table6"].values()) == sorted({scaled_k(k, tiny.craft.n_steps) for k in tiny.ablation.k_of_50})
+
+
+def test_ablation_table_fits_each_variant_per_seed_and_shares_the_full_model(bench):
+    p, run_dir, images, df = bench
+    variants = {"full": p, "L2": replace(p, craft=replace(p.craft, loss="l2"))}
+    summ, long = evaluation.ablation(variants, run_dir, images, df, seeds=(0, 1))
+    assert len(long) == 2 * 2 * 3 and set(long["variant"]) == {"full", "L2"}
+    assert summ["seeds"].eq(2).all()
+    full0 = long[(long.variant == "full") & (long.seed == 0) & (long.subset == "all test")].iloc[0]
+    det = fitted("craft", p, run_dir, images, df, seed=0)            # the same cached model as notebook 03's
+    test = (df["split"] == "test").to_numpy()
+    s = det.score(images[test])
+    assert full0["AP"] == pytest.approx(evaluation.summary(df["label"].to_numpy()[test], s, det.threshold)["AP"])
+
+
+def test_claim_checks_by_hand():
+    long = pd.DataFrame({"variant": ["a", "a", "b", "b"], "seed": [0, 1, 0, 1], "subset": "all test",
+                         "acc": [0.8, 0.9, 0.5, 0.6]})
+    c = evaluation.ordering_claim(long, "a beats b", ["a"], ["b"])
+    assert c["agrees"] and c["beyond_seed_spread"]              # gap 0.3 > 2 * 0.0707
+    assert not evaluation.ordering_claim(long, "b beats a", ["b"], ["a"])["agrees"]
+    assert evaluation.chance_claim(long, "b is chance", "b")["agrees"]
+    assert not evaluation.chance_claim(long, "a is chance", "a")["agrees"]
+    assert evaluation.best_claim(long, "a is best", "a")["agrees"]
+    close = long.assign(acc=[0.60, 0.70, 0.58, 0.62])             # gap 0.05 < std sum
+    c = evaluation.ordering_claim(close, "a beats b", ["a"], ["b"])
+    assert c["agrees"] and not c["beyond_seed_spread"]

@@ -28,9 +28,9 @@ from .distances import distance_label, make_distance
 from .metrics import calibrate_threshold
 from .losses import craft_ce_loss, craft_cr_loss, craft_recon_loss, craft_total_loss
 from .models.backbones import ImageVariation, load_image_variation
-from .profiles import CraftConfig
+from .profiles import CraftConfig, config_hash
 from .progress import tqdm
-from .runs import atomic_write_bytes, atomic_write_json
+from .runs import array_key, atomic_write_json, cached_tensors
 
 
 # ------------------------------------------------------------------ one equation, one function
@@ -185,14 +185,21 @@ class Craft:
         return z
 
     @torch.no_grad()
-    def fit_center(self, real_x: torch.Tensor, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
-        """mu_real from the inverted latents of real training images (full and fast-mode levels)."""
-        full, fast = [], []
-        for b in tqdm(real_x.split(batch_size), desc="real centre", disable=not progress):
-            full.append(self.invert(b))
-            fast.append(self.invert(b, fast=True))
-        self.mu = ema_center(torch.cat(full), self.cfg.ema_decay)
-        self.mu_fast = ema_center(torch.cat(fast), self.cfg.ema_decay)
+    def fit_center(self, real_x: torch.Tensor, batch_size: int = 64, progress: bool = False,
+                   cache_dir=None) -> torch.Tensor:
+        """mu_real from the inverted latents of real training images (full and fast-mode levels); with
+        `cache_dir`, kept in a file keyed by the backbone, the steps and the images (variants and seeds share it)."""
+        def compute():
+            full, fast = [], []
+            for b in tqdm(real_x.split(batch_size), desc="real centre", disable=not progress):
+                full.append(self.invert(b))
+                fast.append(self.invert(b, fast=True))
+            return {"mu": ema_center(torch.cat(full), self.cfg.ema_decay),
+                    "mu_fast": ema_center(torch.cat(fast), self.cfg.ema_decay)}
+        c = self.cfg
+        key = config_hash(str(self.base_path), c.n_steps, c.k, c.ema_decay, array_key(real_x))
+        t = cached_tensors(cache_dir and Path(cache_dir) / f"craft-centre-{key}.safetensors", compute)
+        self.mu, self.mu_fast = t["mu"], t["mu_fast"]
         return self.mu
 
     # -- training objective
@@ -217,11 +224,15 @@ class Craft:
         return self.suffix(self.prefix(x, fast), x)
 
     @torch.no_grad()
-    def score(self, x: torch.Tensor, fast: bool = False, batch_size: int = 64, progress: bool = False):
-        """Per image: P(fake) from the classifier and the reconstruction distance."""
+    def score(self, x: torch.Tensor, fast: bool = False, batch_size: int = 64, progress: bool = False,
+              z: torch.Tensor | None = None):
+        """Per image: P(fake) from the classifier and the reconstruction distance (`z`: the images' prefix
+        latents when already computed, see `prefix_cache`)."""
         probs, dists = [], []
-        for b in tqdm(x.split(batch_size), desc="CRAFT score", disable=not progress):
-            d = self.distance(b, self.reconstruct(b, fast))
+        zs = z.split(batch_size) if z is not None else [None] * len(x.split(batch_size))
+        for b, zb in zip(tqdm(x.split(batch_size), desc="CRAFT score", disable=not progress), zs):
+            x_hat = self.reconstruct(b, fast) if zb is None else self.suffix(zb, b)
+            d = self.distance(b, x_hat)
             probs.append(self.cls(d).softmax(-1)[:, 1])
             dists.append(d)
         return torch.cat(probs).numpy(), torch.cat(dists).numpy()
@@ -281,6 +292,11 @@ class Craft:
         return model
 
 
+def cache_dir(run_dir) -> Path:
+    """Where a run keeps CRAFT's real centres and frozen-prefix latents."""
+    return Path(run_dir) / "artifacts" / "craft-cache"
+
+
 def _inverse_scheduler(scheduler):
     from diffusers import DDIMInverseScheduler
     return DDIMInverseScheduler.from_config(scheduler.config)
@@ -289,26 +305,32 @@ def _inverse_scheduler(scheduler):
 # ------------------------------------------------------------------ training and calibration
 
 def prefix_cache(model: Craft, x: torch.Tensor, batch_size: int = 64, fast: bool = False,
-                 progress: bool = False) -> torch.Tensor:
-    """z_k for every image, computed once (the frozen prefix does not change while the suffix trains)."""
-    return torch.cat([model.prefix(b, fast) for b in tqdm(x.split(batch_size), desc="frozen-prefix cache",
-                                                            disable=not progress)])
+                 progress: bool = False, cache_dir=None) -> torch.Tensor:
+    """z_k for every image, computed once (the frozen prefix does not change while the suffix trains). With
+    `cache_dir`, kept in a file keyed by everything the prefix depends on (`prefix_key`) and by the images, so
+    seeds, variants and evaluations that agree on it share one computation."""
+    def compute():
+        return {"z": torch.cat([model.prefix(b, fast) for b in tqdm(x.split(batch_size), desc="frozen-prefix cache",
+                                                                      disable=not progress)])}
+    key = config_hash(prefix_key(model, fast), array_key(x))
+    return cached_tensors(cache_dir and Path(cache_dir) / f"craft-prefix-{key}.safetensors", compute)["z"]
 
 
-def prefix_key(model: Craft) -> dict:
-    """Everything the frozen prefix depends on (besides the images): variants that agree share one cache."""
+def prefix_key(model: Craft, fast: bool = False) -> dict:
+    """Everything the frozen prefix depends on besides the images (the real centre by its bytes)."""
     c = model.cfg
+    mu = (model.mu_fast if fast else model.mu) if c.perturb else None
     return {"backbone": str(model.base_path), "n_steps": c.n_steps, "frozen_steps": model.frozen_steps,
-            "perturb": c.perturb, "lam": c.lam if c.perturb else None, "tau_scale": c.tau_scale if c.perturb else None,
-            "ema_decay": c.ema_decay}
+            "fast_k": c.k if fast else None, "perturb": c.perturb, "lam": c.lam if c.perturb else None,
+            "tau_scale": c.tau_scale if c.perturb else None, "mu": None if mu is None else array_key(mu)}
 
 
 def train(model: Craft, x: torch.Tensor, y: torch.Tensor, *, seed: int, out_dir=None, cache: bool = True,
-          cache_file=None, progress: bool = True, accelerator=None) -> list[dict]:
+          cache_dir=None, progress: bool = True, accelerator=None) -> list[dict]:
     """Fine-tune the suffix and the classifier with `udet_core.train.fit` (accelerate, checkpoints, resume).
 
     With `cache=False` the frozen prefix is recomputed for every batch (the slow path the cache replaces).
-    With `cache_file`, the prefix cache is read from / written to that safetensors file.
+    With `cache_dir`, the prefix cache is read from / written to a file there (`prefix_cache`).
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -317,13 +339,8 @@ def train(model: Craft, x: torch.Tensor, y: torch.Tensor, *, seed: int, out_dir=
     keep = balanced(y)
     x, y = x[keep], y[keep]
     if cache:
-        from safetensors.torch import load_file, save
-        if cache_file is not None and Path(cache_file).is_file():
-            z = load_file(str(cache_file))["z"]
-        else:
-            z = prefix_cache(model, x, model.cfg.eval_batch_size, progress=progress and acc.is_local_main_process)
-            if cache_file is not None and acc.is_main_process:
-                atomic_write_bytes(cache_file, save({"z": z.contiguous()}))
+        z = prefix_cache(model, x, model.cfg.eval_batch_size, progress=progress and acc.is_local_main_process,
+                         cache_dir=cache_dir)
         data = (x, z, y)
 
         def loss(mods, batch):
@@ -354,21 +371,18 @@ def fit_craft(model: Craft, images: np.ndarray, df, *, seed: int, out_dir, cache
               progress: bool = True, accelerator=None) -> list[dict]:
     """Fit the real centre on the real rows, then fine-tune on all rows (uint8 images + their manifest rows).
 
-    The frozen-prefix cache goes to `cache_dir/craft-prefix-<key>.safetensors`, keyed by everything the prefix
-    depends on and by which images it holds, so seeds and variants with the same prefix share it.
+    The real centre and the frozen-prefix cache are kept in `cache_dir` (keyed by what they depend on), so seeds
+    and variants that agree on them share them.
     """
     from .data.images import to_tensor
-    from .detectors import rows_key
-    from .profiles import config_hash
     from .runs import Timer
     timer = timer or Timer()
     x, y = to_tensor(images), torch.tensor(df["label"].to_numpy())
     main = accelerator is None or accelerator.is_main_process
     with timer("real_centre"):
-        model.fit_center(x[y == 0], model.cfg.eval_batch_size, progress=progress and main)
-    cache_file = Path(cache_dir) / f"craft-prefix-{config_hash(prefix_key(model), rows_key(df))}.safetensors"
+        model.fit_center(x[y == 0], model.cfg.eval_batch_size, progress=progress and main, cache_dir=cache_dir)
     with timer("train"):
-        return train(model, x, y, seed=seed, out_dir=out_dir, cache_file=cache_file, progress=progress,
+        return train(model, x, y, seed=seed, out_dir=out_dir, cache_dir=cache_dir, progress=progress,
                      accelerator=accelerator)
 
 
@@ -398,7 +412,7 @@ def run_craft(p, run_dir, cfg: CraftConfig | None = None, seed: int | None = Non
     out = art.begin() if acc.is_main_process else art.partial
     acc.wait_for_everyone()
     train_rows = (df["split"] == "train").to_numpy()
-    history = fit_craft(model, images[train_rows], df[train_rows], seed=seed, out_dir=out, cache_dir=Path(run_dir) / "artifacts",
+    history = fit_craft(model, images[train_rows], df[train_rows], seed=seed, out_dir=out, cache_dir=cache_dir(run_dir),
                         timer=timer, progress=progress, accelerator=acc)
     if acc.is_main_process:
         model.eval()
@@ -492,6 +506,37 @@ def trajectory_jacobian_norms(model: Craft, x: torch.Tensor, iters: int = 8, pro
     return np.stack(norms)
 
 
+# ------------------------------------------------------------------ ablations (notebook 04)
+
+def scaled_k(k_of_50: int, n_steps: int) -> int:
+    """A paper k (of 50 DDIM steps) at the profile's step count: the same share of the trajectory, at least 1."""
+    return max(1, min(n_steps, round(k_of_50 * n_steps / 50)))
+
+
+def ablation_variants(p) -> dict[str, dict[str, CraftConfig]]:
+    """The CRAFT variants of paper Tables 2, 5 and 6 and of the lambda / m / delta sweeps: each the profile's
+    CraftConfig with one change (so the full-model rows are the same fitted model as notebook 03's CRAFT)."""
+    c, a = p.craft, p.ablation
+    frozen = dict(train_encoder=False, train_unet=False, train_decoder=False)
+    table2 = {"baseline (no fine-tune)": replace(c, perturb=False, **frozen),
+              "perturbation only": replace(c, **frozen)}
+    for on in (False, True):
+        for loss in ("l1", "l2", "cr"):
+            table2[f"{loss.upper()} + CE{' + perturbation' if on else ''}"] = replace(c, loss=loss, perturb=on)
+    table5 = {}
+    for enc in (False, True):
+        for unet in (False, True):
+            for dec in (False, True):
+                name = " + ".join(n for n, on in (("encoder", enc), ("UNet", unet), ("decoder", dec)) if on)
+                table5[name or "none"] = replace(c, train_encoder=enc, train_unet=unet, train_decoder=dec)
+    ks = sorted({scaled_k(k, c.n_steps) for k in a.k_of_50})
+    return {"table2": table2, "table5": table5,
+            "table6": {f"k={k} of {c.n_steps}": replace(c, k=k) for k in ks},
+            "lambda": {f"lambda={v:g}": replace(c, lam=v) for v in a.lams},
+            "margin": {f"m={v:g}": replace(c, m=v) for v in a.margins},
+            "delta": {f"delta={v:g}": replace(c, delta=v) for v in a.deltas}}
+
+
 # ------------------------------------------------------------------ registry entry
 
 @register("craft")
@@ -513,21 +558,25 @@ class CraftDetector(Detector):
     def fit(self, images, df, *, seed, out_dir, progress=False):
         torch.manual_seed(seed)
         self.model = Craft.from_backbone(self._backbone(), self.cfg)
-        self.history = fit_craft(self.model, images, df, seed=seed, out_dir=out_dir, cache_dir=self.run_dir / "artifacts",
+        self.history = fit_craft(self.model, images, df, seed=seed, out_dir=out_dir, cache_dir=cache_dir(self.run_dir),
                                  progress=progress)
         self.model.eval()
         return {"final_loss": self.history[-1]["craft_loss"] if self.history else None}
 
-    def score(self, images, *, progress=False):
+    def _scores(self, images, fast=False, progress=False):
+        """P(fake); the frozen prefix of these images is cached (shared by seeds and by variants that agree on it)."""
         from .data.images import to_tensor
-        return self.model.score(to_tensor(images, size=self.model.base.resolution),
-                                batch_size=self.cfg.eval_batch_size, progress=progress)[0]
+        x = to_tensor(images, size=self.model.base.resolution)
+        z = prefix_cache(self.model, x, self.cfg.eval_batch_size, fast, progress,
+                         cache_dir=cache_dir(self.run_dir) if self.use_cache else None)
+        return self.model.score(x, fast, self.cfg.eval_batch_size, progress, z=z)[0]
+
+    def score(self, images, *, progress=False):
+        return self._scores(images, progress=progress)
 
     def calibrate(self, images, labels, *, progress=False):
-        from .data.images import to_tensor
         super().calibrate(images, labels, progress=progress)
-        fast, _ = self.model.score(to_tensor(images, size=self.model.base.resolution), fast=True,
-                                   batch_size=self.cfg.eval_batch_size, progress=progress)
+        fast = self._scores(images, fast=True, progress=progress)
         self.model.threshold, self.threshold_fast = self.threshold, calibrate_threshold(fast, labels)
 
     def save(self, folder):

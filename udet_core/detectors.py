@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .metrics import calibrate_threshold
-from .runs import Artifact, PeakRSS, atomic_write_bytes, atomic_write_json
+from .runs import Artifact, PeakRSS, array_key, atomic_write_bytes, atomic_write_json
 
 DETECTORS: dict[str, type] = {}
 BUILTIN_MODULES = ("udet_core.craft", "udet_core.baselines.dire", "udet_core.baselines.aeroblade",
@@ -83,9 +83,7 @@ def rows_key(df: pd.DataFrame) -> str:
     return hashlib.sha256("\n".join(df["path"].astype(str)).encode()).hexdigest()[:10]
 
 
-def images_key(images: np.ndarray) -> str:
-    """A short hash of a batch of images (shape and bytes): the key of per-image caches."""
-    return hashlib.sha256(f"{images.shape}".encode() + images.tobytes()).hexdigest()[:16]
+images_key = array_key   # the key of per-image caches (scores, answers)
 
 
 def cached_scores(det: Detector, images: np.ndarray, progress: bool = False) -> np.ndarray:

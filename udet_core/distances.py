@@ -7,6 +7,7 @@ on the workbench-trained AutoencoderKL encoder (LPIPS-style: unit-normalised cha
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -32,9 +33,10 @@ class LPIPSDistance(nn.Module):
         import lpips
         self.pretrained_backbone = imagenet_weights_cached(net)
         self.name = f"lpips-{net}" + ("" if self.pretrained_backbone else "-random")
-        torch.manual_seed(0)  # a random backbone must be the same network in every run
-        with warnings.catch_warnings():  # torchvision's deprecation notice for lpips's `pretrained=` argument
-            warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+        # a random backbone must be the same network in every run, without touching the caller's random state
+        with torch.random.fork_rng(), warnings.catch_warnings():
+            torch.manual_seed(0)
+            warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")  # lpips's `pretrained=`
             self.net = lpips.LPIPS(net=net, pnet_rand=not self.pretrained_backbone, verbose=False).eval()
         self.net.requires_grad_(False)
 
@@ -68,12 +70,18 @@ class VAEFeatureDistance(nn.Module):
         return d
 
 
+@functools.lru_cache(maxsize=None)
+def lpips_distance(net: str) -> LPIPSDistance:
+    """One frozen LPIPS network per backbone name and process (building VGG costs a second per model)."""
+    return LPIPSDistance(net)
+
+
 def make_distance(name: str, vae=None):
     """'mse' | 'lpips-vgg' | 'lpips-alex' | 'vae-features' -> callable (x, x_hat) -> (N,)."""
     if name == "mse":
         return mse_distance
     if name.startswith("lpips-"):
-        return LPIPSDistance(name.split("-")[1])
+        return lpips_distance(name.split("-")[1])
     if name == "vae-features":
         if vae is None:
             raise ValueError("the vae-features distance needs the AutoencoderKL")

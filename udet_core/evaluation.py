@@ -65,6 +65,55 @@ def comparison(p, run_dir, images, df, detectors=None, seeds=None, progress: boo
     return summ, per_family, long, family_long
 
 
+def ablation(variants: dict, run_dir, images, df, seeds, detector: str = "craft", progress: bool = False):
+    """One detector under several profiles (`variants`: name -> Profile), each fitted per seed with the common
+    protocol (train split, validation threshold) and scored on the test split.
+
+    Returns (summary: mean ± std per variant and subset, with the mean fit time; long: variant x seed x subset)."""
+    test_mask = (df["split"] == "test").to_numpy()
+    test, x_test, y_test = df[test_mask].reset_index(drop=True), images[test_mask], df["label"].to_numpy()[test_mask]
+    rows = []
+    for variant, p in tqdm(variants.items(), desc=f"{detector} variants", disable=not progress):
+        for seed in seeds:
+            det = fitted(detector, p, run_dir, images, df, seed=seed, progress=False)
+            s = cached_scores(det, x_test)
+            for subset, m in summary_subsets(test).items():
+                rows.append({"variant": variant, "seed": seed, "subset": subset, "fit_s": det.fit_s,
+                             **summary(y_test[m], s[m], det.threshold)})
+    long = pd.DataFrame(rows)
+    summ = mean_std_table(long, ["variant", "subset"], ["acc", "AP", "AUC", "real_acc", "fake_acc"])
+    fit = long.groupby(["variant", "subset"], sort=False)["fit_s"].mean().round(1).reset_index()
+    return summ.merge(fit, on=["variant", "subset"]), long
+
+
+def ordering_claim(long, claim: str, higher, lower, metric: str = "acc", subset: str = "all test") -> dict:
+    """Does every variant in `higher` beat every variant in `lower` on `metric` (mean over seeds)? Also says
+    whether the smallest gap exceeds the sum of the two variants' seed standard deviations."""
+    g = long[long["subset"] == subset].groupby("variant")[metric]
+    mean, std = g.mean(), g.std(ddof=1).fillna(0.0)
+    pairs = [(h, lo) for h in higher for lo in lower]
+    h, lo = min(pairs, key=lambda hl: mean[hl[0]] - mean[hl[1]])
+    gap = mean[h] - mean[lo]
+    return {"claim": claim, "metric": f"{metric} ({subset})",
+            "ours": f"{h} {mean[h]:.3f} ± {std[h]:.3f} vs {lo} {mean[lo]:.3f} ± {std[lo]:.3f}",
+            "agrees": bool(gap > 0), "beyond_seed_spread": bool(gap > std[h] + std[lo])}
+
+
+def chance_claim(long, claim: str, variant: str, metric: str = "acc", subset: str = "all test",
+                 tol: float = 0.1) -> dict:
+    """Is `variant` within `tol` of chance (0.5) on `metric` (mean over seeds)?"""
+    v = long[(long["subset"] == subset) & (long["variant"] == variant)][metric]
+    m, sd = v.mean(), v.std(ddof=1) if len(v) > 1 else 0.0
+    return {"claim": claim, "metric": f"{metric} ({subset})", "ours": f"{variant} {m:.3f} ± {sd:.3f}",
+            "agrees": bool(abs(m - 0.5) <= tol), "beyond_seed_spread": bool(abs(m - 0.5) + sd <= tol)}
+
+
+def best_claim(long, claim: str, variant: str, metric: str = "acc", subset: str = "all test") -> dict:
+    """Is `variant` the best of the table on `metric` (mean over seeds)?"""
+    others = [v for v in long["variant"].unique() if v != variant]
+    return {**ordering_claim(long, claim, [variant], others, metric, subset), "claim": claim}
+
+
 def cross_domain(p, run_dir, images, df, detectors=None, seeds=None, progress: bool = False):
     """CRAFT Table 1 analogue: fit on one content domain (train + val rows of that domain), test on each.
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field, replace
 @dataclass(frozen=True)
 class DataConfig:
     """The embedded benchmark udet-mini: real crops of bundled photographs, split by source photo."""
-    resolution: int = 32
+    resolution: int = 16
     # crop side as a fraction of the photo's shorter side (multi-scale crops)
     crop_scales: tuple[float, ...] = (0.12, 0.25, 0.5, 1.0)
-    n_real: dict = field(default_factory=lambda: {"train": 384, "val": 128, "test": 256})
+    n_real: dict = field(default_factory=lambda: {"train": 192, "val": 64, "test": 96})
     # photos (by group name, see udet_core.data.sources.PHOTOS) in each split; train+val are the train domain
     split_photos: dict = field(default_factory=lambda: {
         "train": ("astronaut", "coffee", "rocket", "immunohistochemistry", "china"),
@@ -33,7 +33,7 @@ class VAEConfig:
     latent_channels: int = 4
     layers_per_block: int = 1
     norm_num_groups: int = 16
-    steps: int = 300
+    steps: int = 150
     batch_size: int = 32
     lr: float = 1e-3
     kl_weight: float = 1e-6
@@ -42,7 +42,7 @@ class VAEConfig:
 @dataclass(frozen=True)
 class ImageVariationConfig:
     """Tiny Stable Diffusion Image Variation: CLIP vision encoder + image-conditioned latent UNet + DDIM."""
-    unet_block_out_channels: tuple[int, ...] = (64, 128)
+    unet_block_out_channels: tuple[int, ...] = (32, 64)
     layers_per_block: int = 1
     attention_head_dim: int = 8
     clip_hidden_size: int = 64
@@ -51,7 +51,7 @@ class ImageVariationConfig:
     clip_patch_size: int = 4
     projection_dim: int = 64
     num_train_timesteps: int = 1000
-    steps: int = 250
+    steps: int = 200
     batch_size: int = 32
     lr: float = 1e-3
 
@@ -63,7 +63,7 @@ class PixelDiffusionConfig:
     layers_per_block: int = 1
     norm_num_groups: int = 16
     num_train_timesteps: int = 1000
-    steps: int = 250
+    steps: int = 150
     batch_size: int = 32
     lr: float = 1e-3
 
@@ -74,7 +74,7 @@ class GANConfig:
     nz: int = 64
     ngf: int = 32
     ndf: int = 32
-    steps: int = 800
+    steps: int = 400
     batch_size: int = 64
     lr: float = 2e-4
 
@@ -82,10 +82,10 @@ class GANConfig:
 @dataclass(frozen=True)
 class FamilyConfig:
     """Fake families: how many images per split, which are seen in training, sampling settings."""
-    n_fake: dict = field(default_factory=lambda: {"train": 256, "val": 64, "test": 128})
+    n_fake: dict = field(default_factory=lambda: {"train": 96, "val": 32, "test": 48})
     seen: tuple[str, ...] = ("gan", "ldm", "aligned")
     held_out: tuple[str, ...] = ("ddpm", "sdedit")
-    sample_steps: int = 20           # DDIM steps for ddpm / ldm sampling
+    sample_steps: int = 10           # DDIM steps for ddpm / ldm sampling
     sdedit_strength: float = 0.35    # fraction of the noise schedule re-noised
     batch_size: int = 64
 
@@ -94,11 +94,11 @@ class FamilyConfig:
 class CraftConfig:
     """CRAFT (DESIGN §4): DDIM inversion, class-guided perturbation, last-k-step fine-tuning, CR loss + classifier.
 
-    The default profile keeps the paper's k/n ratio (15/50) at n=20, k=6; learning rates are raised because the
+    The default profile keeps the paper's k/n ratio (15/50) at n=10, k=3; learning rates are raised because the
     stand-in backbone is trained for minutes, not pretrained for weeks (the paper profile restores them).
     """
-    n_steps: int = 20              # DDIM inversion and sampling steps (paper: 50)
-    k: int = 6                     # last sampling steps that are fine-tuned (paper: 15)
+    n_steps: int = 10              # DDIM inversion and sampling steps (paper: 50)
+    k: int = 3                     # last sampling steps that are fine-tuned (paper: 15)
     lam: float = 2.0               # perturbation strength lambda (eq. 4)
     tau_scale: float = 1.5         # norm bound tau = tau_scale * sqrt(latent dim) (eq. 11)
     ema_decay: float = 0.99        # real-centre EMA (eq. 2)
@@ -116,16 +116,27 @@ class CraftConfig:
     lr_unet: float = 5e-5          # paper 5e-6
     lr_decoder: float = 1e-4       # paper 1e-5
     lr_cls: float = 1e-2
-    steps: int = 100
-    batch_size: int = 16
+    steps: int = 20
+    batch_size: int = 8
     eval_batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """CRAFT's ablations in notebook 04 (paper Tables 2, 5, 6) and the sweeps of the hyperparameters the paper
+    never ablated. Every variant is the profile's CraftConfig with one change, fitted once per seed."""
+    seeds: tuple[int, ...] = (0, 1)
+    k_of_50: tuple[int, ...] = (5, 10, 15, 25, 50)   # paper Table 6, scaled to the profile's n_steps
+    lams: tuple[float, ...] = (0.5, 2.0, 8.0)        # perturbation strength (eq. 4)
+    margins: tuple[float, ...] = (0.05, 0.15, 0.45)  # m (eq. 6), in units of CraftConfig.distance
+    deltas: tuple[float, ...] = (0.05, 0.15, 0.45)   # delta (eq. 6)
 
 
 @dataclass(frozen=True)
 class ClassifierConfig:
     """A small ResNet on pixels (CNNSpot-style, Wang et al. 2020) or on DIRE images: training and augmentation."""
     widths: tuple[int, ...] = (16, 32, 64)   # one BasicBlock per stage; stride 2 from the second stage on
-    steps: int = 300
+    steps: int = 200
     batch_size: int = 64
     lr: float = 1e-3
     blur_prob: float = 0.5                   # CNNSpot "Blur+JPEG (0.5)"
@@ -137,7 +148,7 @@ class ClassifierConfig:
 @dataclass(frozen=True)
 class DireConfig:
     """DIRE (Wang et al. 2023): |x - DDIM-reconstruction(DDIM-inversion(x))|, then a ResNet classifier."""
-    n_steps: int = 20                        # official: 20 inversion + 20 reconstruction steps
+    n_steps: int = 10                        # official: 20 inversion + 20 reconstruction steps
     batch_size: int = 64
     classifier: ClassifierConfig = ClassifierConfig(blur_prob=0.0, jpeg_prob=0.0)   # official DIRE: no augmentation
 
@@ -193,8 +204,8 @@ class GdufConfig:
     w_cls: float = 1.0                # eq. 9 weights (paper: all 1; the official code weighs the head 0.2)
     w_exp: float = 1.0
     w_gen: float = 1.0
-    steps: int = 400
-    batch_size: int = 32              # detection + generation samples per step
+    steps: int = 150
+    batch_size: int = 16              # detection + generation samples per step
     lr: float = 1e-3
     weight_decay: float = 0.0
     max_answer_tokens: int = 96       # <answer> + explanation + end-of-text, truncated beyond
@@ -212,7 +223,7 @@ class DigaConfig:
     teacher_layer: int | None = None  # detector layer of the targets (None: the last block, as the paper; official code: 8)
     projector_mult: int = 4           # official projector Linear(H, 4H) - GELU - Linear(4H, H)
     gen_ratio: float = 1.0            # generation rows per detection row (detection rows: real/fake balanced, eq. 6-7)
-    steps: int = 200
+    steps: int = 100
     batch_size: int = 32
     lr: float = 3e-4
 
@@ -220,11 +231,11 @@ class DigaConfig:
 @dataclass(frozen=True)
 class GenEvalConfig:
     """Generation metrics (paper Table 4 / D): FID-style distance, intra-prompt diversity, detector-judged realism."""
-    n_samples: int = 256              # generated images per model for the FID-style distance
-    n_prompts: int = 8                # prompts for the diversity measure
-    per_prompt: int = 16              # samples per prompt (paper Table D: 16)
+    n_samples: int = 128              # generated images per model for the FID-style distance
+    n_prompts: int = 4                # prompts for the diversity measure
+    per_prompt: int = 8               # samples per prompt (paper Table D: 16)
     judges: tuple[str, ...] = ("cnnspot", "aeroblade")   # frozen detectors that judge realism
-    featnet_steps: int = 300          # training steps of the substitute feature network (when Inception is absent)
+    featnet_steps: int = 150          # training steps of the substitute feature network (when Inception is absent)
 
 
 @dataclass(frozen=True)
@@ -232,11 +243,11 @@ class EvalConfig:
     """The common protocol: detectors, seeds, robustness grid, format-bias check, cross-domain matrix."""
     detectors: tuple[str, ...] = ("craft", "dire", "aeroblade", "cnnspot", "unigendet")
     cross_domain_detectors: tuple[str, ...] = ("craft", "dire", "aeroblade", "cnnspot")   # 2 domains x seeds fits each
-    seeds: tuple[int, ...] = (0, 1, 2)
-    jpeg_qualities: tuple = (None, 90, 70, 50)
-    crop_ratios: tuple[float, ...] = (1.0, 0.9, 0.7, 0.5)
-    blur_sigmas: tuple[float, ...] = (0.5, 1.0)
-    robustness_per_class: int = 32          # test images per class in the robustness sweep
+    seeds: tuple[int, ...] = (0, 1)
+    jpeg_qualities: tuple = (None, 75, 50)
+    crop_ratios: tuple[float, ...] = (1.0, 0.75, 0.5)
+    blur_sigmas: tuple[float, ...] = (1.0,)
+    robustness_per_class: int = 24          # test images per class in the robustness sweep
     format_jpeg_quality: int = 95
 
 
@@ -251,6 +262,7 @@ class Profile:
     gan: GANConfig = GANConfig()
     families: FamilyConfig = FamilyConfig()
     craft: CraftConfig = CraftConfig()
+    ablation: AblationConfig = AblationConfig()
     cnnspot: ClassifierConfig = ClassifierConfig()
     dire: DireConfig = DireConfig()
     aeroblade: AerobladeConfig = AerobladeConfig()
@@ -284,6 +296,7 @@ def _tiny() -> Profile:
         geneval=GenEvalConfig(n_samples=16, n_prompts=2, per_prompt=4, featnet_steps=4),
         eval=EvalConfig(seeds=(0, 1), jpeg_qualities=(None, 50), crop_ratios=(1.0, 0.5), blur_sigmas=(1.0,),
                         robustness_per_class=4),
+        ablation=AblationConfig(k_of_50=(15, 50), lams=(2.0,), margins=(0.15,), deltas=(0.15,)),
     )
 
 
@@ -303,13 +316,17 @@ def _paper() -> Profile:
         craft=CraftConfig(n_steps=50, k=15, m=0.4, delta=0.3, lr_encoder=5e-6, lr_unet=5e-6, lr_decoder=1e-5,
                           lr_cls=1e-3, steps=20000, batch_size=32),
         cnnspot=ClassifierConfig(widths=(64, 128, 256, 512), steps=20000, blur_sigma=(0.0, 1.5)),
-        dire=DireConfig(classifier=ClassifierConfig(widths=(64, 128, 256, 512), steps=20000, blur_prob=0.0,
+        dire=DireConfig(n_steps=20, classifier=ClassifierConfig(widths=(64, 128, 256, 512), steps=20000, blur_prob=0.0,
                                                     jpeg_prob=0.0)),
         gduf=GdufConfig(model=UnifiedConfig(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=2,
                                             intermediate_size=1536, vit_hidden_size=384, vit_layers=6, vit_heads=6,
                                             vit_intermediate_size=1536, vit_patch_size=16),
                         steps=20000, batch_size=64, lr=3e-4, gen_steps=50),
-        eval=EvalConfig(seeds=(0, 1, 2, 3, 4), blur_sigmas=(0.5, 1.0, 2.0), robustness_per_class=500),
+        diga=DigaConfig(student_layer=4, steps=10000, batch_size=64, lr=1e-4),
+        geneval=GenEvalConfig(n_samples=2048, n_prompts=32, per_prompt=16, featnet_steps=5000),
+        eval=EvalConfig(seeds=(0, 1, 2, 3, 4), jpeg_qualities=(None, 90, 70, 50), crop_ratios=(1.0, 0.9, 0.7, 0.5),
+                        blur_sigmas=(0.5, 1.0, 2.0), robustness_per_class=500),
+        ablation=AblationConfig(seeds=(0, 1, 2), margins=(0.2, 0.4, 0.8), deltas=(0.15, 0.3, 0.6)),
     )
 
 

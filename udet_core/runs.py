@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -32,6 +33,26 @@ def atomic_write_bytes(path, data: bytes) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def array_key(a) -> str:
+    """A short hash of an array or tensor (shape, dtype and bytes): the key of per-image caches."""
+    import numpy as np
+    a = a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+    a = np.ascontiguousarray(a)
+    return hashlib.sha256(f"{a.shape}{a.dtype}".encode() + a.tobytes()).hexdigest()[:16]
+
+
+def cached_tensors(path, compute) -> dict:
+    """`compute()` (a dict of tensors), kept in the safetensors file `path` and read from it when present
+    (`path=None`: no cache)."""
+    from safetensors.torch import load_file, save
+    if path is not None and Path(path).is_file():
+        return load_file(str(path))
+    out = compute()
+    if path is not None:
+        atomic_write_bytes(path, save({k: v.contiguous() for k, v in out.items()}))
+    return out
 
 
 def atomic_write_text(path, text: str) -> Path:
