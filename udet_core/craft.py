@@ -13,7 +13,6 @@ the validation split and stored with the checkpoint.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from dataclasses import asdict, replace
@@ -30,7 +29,7 @@ from .losses import craft_ce_loss, craft_cr_loss, craft_recon_loss, craft_total_
 from .models.backbones import ImageVariation, load_image_variation
 from .profiles import CraftConfig, config_hash
 from .progress import tqdm
-from .runs import array_key, atomic_write_json, cached_tensors
+from .runs import array_key, atomic_write_json, cached_tensors, checkpoint_meta
 
 
 # ------------------------------------------------------------------ one equation, one function
@@ -264,11 +263,8 @@ class Craft:
     @classmethod
     def load(cls, folder) -> "Craft":
         from safetensors.torch import load_file
-        from .data.images import DataError
         folder = Path(folder)
-        if not (folder / "craft.json").is_file():
-            raise DataError(folder, "not a CRAFT checkpoint (craft.json missing)")
-        meta = json.loads((folder / "craft.json").read_text())
+        meta = checkpoint_meta(folder, "craft.json", "CRAFT")
         cfg = CraftConfig(**meta["config"])
         model = cls.from_backbone(meta["base"], cfg)
         tuned = load_image_variation(folder / "pipeline")

@@ -110,8 +110,7 @@ def chance_claim(long, claim: str, variant: str, metric: str = "acc", subset: st
 
 def best_claim(long, claim: str, variant: str, metric: str = "acc", subset: str = "all test") -> dict:
     """Is `variant` the best of the table on `metric` (mean over seeds)?"""
-    others = [v for v in long["variant"].unique() if v != variant]
-    return {**ordering_claim(long, claim, [variant], others, metric, subset), "claim": claim}
+    return ordering_claim(long, claim, [variant], [v for v in long["variant"].unique() if v != variant], metric, subset)
 
 
 def cross_domain(p, run_dir, images, df, detectors=None, seeds=None, progress: bool = False):

@@ -10,7 +10,6 @@ samples per detection sample. `UniGenDet` wraps model + tokenizer + frozen VAE w
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from .losses import (flow_matching_loss, flow_matching_noisy, gduf_cls_loss, gdu
 from .models.unified import ANSWER, INSTRUCTION, UnifiedModel, resolve
 from .profiles import GdufConfig, UnifiedConfig
 from .progress import tqdm
-from .runs import PeakRSS, atomic_write_json
+from .runs import PeakRSS, atomic_write_json, checkpoint_meta
 from .train import Objective, balanced, fit
 
 
@@ -222,11 +221,8 @@ class UniGenDet:
         from diffusers import AutoencoderKL
         from safetensors.torch import load_file
         from transformers import PreTrainedTokenizerFast
-        from .data.images import DataError
         folder = Path(folder)
-        if not (folder / "unigendet.json").is_file():
-            raise DataError(folder, "not a UniGenDet checkpoint (unigendet.json missing)")
-        meta = json.loads((folder / "unigendet.json").read_text())
+        meta = checkpoint_meta(folder, "unigendet.json", "UniGenDet")
         cfg = gduf_config_from_dict(meta["config"])
         model = UnifiedModel(cfg.model)
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
@@ -298,7 +294,7 @@ class UniGenDetDetector(Detector):
     def load(cls, folder, p, run_dir):
         det = cls(p, run_dir)
         det.model = UniGenDet.load(folder)
-        det.history = json.loads((Path(folder) / "unigendet.json").read_text()).get("history", [])
+        det.history = checkpoint_meta(folder, "unigendet.json", "UniGenDet").get("history", [])
         return det
 
 

@@ -63,6 +63,15 @@ def atomic_write_json(path, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def checkpoint_meta(folder, filename: str, kind: str) -> dict:
+    """The JSON metadata file of a saved checkpoint; a clear error naming the folder when it is not one."""
+    from .data.images import DataError
+    path = Path(folder) / filename
+    if not path.is_file():
+        raise DataError(folder, f"not a {kind} checkpoint ({filename} missing)")
+    return json.loads(path.read_text())
+
+
 def write_table(df, path_stem, provenance: dict | None = None) -> list[Path]:
     """Save a results DataFrame as CSV and Markdown (plus a JSON provenance side file)."""
     stem = Path(path_stem)
