@@ -239,3 +239,17 @@ def test_claim_checks_by_hand():
     close = long.assign(acc=[0.60, 0.70, 0.58, 0.62])             # gap 0.05 < std sum
     c = evaluation.ordering_claim(close, "a beats b", ["a"], ["b"])
     assert c["agrees"] and not c["beyond_seed_spread"]
+
+
+def test_effect_claim_by_hand():
+    long = pd.DataFrame({"variant": ["a", "a", "b", "b", "c", "c"], "seed": [0, 1] * 3, "subset": "all test",
+                         "acc": [0.8, 0.9, 0.5, 0.6, 0.70, 0.72]})
+    e = evaluation.effect_claim(long, "T")
+    # a vs b: gap 0.3, spread 2 * 0.0707 = 0.141 -> margin 0.159, the largest of all ordered pairs
+    assert e["measurable"] and e["largest separation"].startswith("a 0.850") and " vs b 0.550" in e["largest separation"]
+    assert e["gap"] == pytest.approx(0.3) and e["seed_spread"] == pytest.approx(0.1414, abs=1e-4)
+    flat = long.assign(acc=[0.60, 0.70, 0.58, 0.62, 0.61, 0.63])   # every gap within the seeds' spread
+    assert not evaluation.effect_claim(flat, "T")["measurable"]
+    same = long.assign(acc=0.711)                                  # a degenerate table: all variants equal
+    e = evaluation.effect_claim(same, "T")
+    assert not e["measurable"] and e["gap"] == 0
