@@ -13,6 +13,7 @@ resumes; the benchmark itself is cached by the hash of the whole profile.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,29 +180,29 @@ def train_generators(p: Profile, run_dir, progress=True, force=False) -> Generat
     """Train (or reuse) the AutoencoderKL, the SD Image Variation stand-in, the pixel DDPM and the DCGAN."""
     from diffusers import AutoencoderKL, DDPMPipeline
     from safetensors.torch import save_file
-    pool = generator_pool(p)
+    pool = functools.cache(lambda: generator_pool(p))   # only built when a generator has to be trained
     base = (p.data, p.seed)
 
     def vae_build(out):
-        vae, hist = train_vae(p, pool, out, progress)
+        vae, hist = train_vae(p, pool(), out, progress)
         vae.save_pretrained(out / "vae", safe_serialization=True)
         return hist
     vae_path = _cached(run_dir, "vae", (p.vae, *base), vae_build, progress, force) / "vae"
 
     def iv_build(out):
-        iv, hist = train_image_variation(p, AutoencoderKL.from_pretrained(vae_path), pool, out, progress)
+        iv, hist = train_image_variation(p, AutoencoderKL.from_pretrained(vae_path), pool(), out, progress)
         iv.save(out / "pipeline")
         return hist
     iv_path = _cached(run_dir, "sd-image-variation", (p.vae, p.sdiv, *base), iv_build, progress, force) / "pipeline"
 
     def ddpm_build(out):
-        unet, sched, hist = train_pixel_ddpm(p, pool, out, progress)
+        unet, sched, hist = train_pixel_ddpm(p, pool(), out, progress)
         DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(out / "pipeline", safe_serialization=True)
         return hist
     ddpm_path = _cached(run_dir, "pixel-ddpm", (p.pixel, *base), ddpm_build, progress, force) / "pipeline"
 
     def gan_build(out):
-        G, hist = train_gan(p, pool, out, progress)
+        G, hist = train_gan(p, pool(), out, progress)
         save_file(G.state_dict(), str(out / "generator.safetensors"))
         return hist
     gan_path = _cached(run_dir, "dcgan", (p.gan, *base), gan_build, progress, force) / "generator.safetensors"
