@@ -250,6 +250,8 @@ def test_effect_claim_by_hand():
     assert e["gap"] == pytest.approx(0.3) and e["seed_spread"] == pytest.approx(0.1414, abs=1e-4)
     flat = long.assign(acc=[0.60, 0.70, 0.58, 0.62, 0.61, 0.63])   # every gap within the seeds' spread
     assert not evaluation.effect_claim(flat, "T")["measurable"]
+    tiny = long.assign(acc=[0.566, 0.566, 0.5661, 0.5661, 0.566, 0.566])  # no seed spread, but a negligible gap
+    assert not evaluation.effect_claim(tiny, "T")["measurable"]
     same = long.assign(acc=0.711)                                  # a degenerate table: all variants equal
     e = evaluation.effect_claim(same, "T")
     assert not e["measurable"] and e["gap"] == 0

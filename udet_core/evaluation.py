@@ -113,20 +113,21 @@ def best_claim(long, claim: str, variant: str, metric: str = "acc", subset: str 
     return ordering_claim(long, claim, [variant], [v for v in long["variant"].unique() if v != variant], metric, subset)
 
 
-def effect_claim(long, table: str, metric: str = "acc", subset: str = "all test") -> dict:
+def effect_claim(long, table: str, metric: str = "acc", subset: str = "all test", min_gap: float = 0.01) -> dict:
     """Does `table` show a measurable effect: do two variants' means (over seeds) differ by more than the sum of
-    their seed standard deviations? Reports the pair whose gap exceeds that spread by the most."""
+    their seed standard deviations, and by at least `min_gap`? Reports the pair whose gap exceeds its spread most."""
     g = long[long["subset"] == subset].groupby("variant", sort=False)[metric]
     mean, std = g.mean(), g.std(ddof=1).fillna(0.0)
     pairs = [(a, b) for a in mean.index for b in mean.index if a != b]
     if not pairs:
         return {"table": table, "metric": f"{metric} ({subset})", "variants": len(mean),
                 "largest separation": "one variant only", "gap": 0.0, "seed_spread": 0.0, "measurable": False}
-    a, b = max(pairs, key=lambda ab: mean[ab[0]] - mean[ab[1]] - std[ab[0]] - std[ab[1]])
+    a, b = max(pairs, key=lambda ab: (mean[ab[0]] - mean[ab[1]] >= min_gap, mean[ab[0]] - mean[ab[1]] - std[ab[0]] - std[ab[1]]))
     gap, spread = mean[a] - mean[b], std[a] + std[b]
     return {"table": table, "metric": f"{metric} ({subset})", "variants": len(mean),
             "largest separation": f"{a} {mean[a]:.3f} ± {std[a]:.3f} vs {b} {mean[b]:.3f} ± {std[b]:.3f}",
-            "gap": round(float(gap), 4), "seed_spread": round(float(spread), 4), "measurable": bool(gap > spread)}
+            "gap": round(float(gap), 4), "seed_spread": round(float(spread), 4),
+            "measurable": bool(gap > spread and gap >= min_gap)}
 
 
 def cross_domain(p, run_dir, images, df, detectors=None, seeds=None, progress: bool = False):
