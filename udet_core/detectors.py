@@ -83,13 +83,11 @@ def rows_key(df: pd.DataFrame) -> str:
     return hashlib.sha256("\n".join(df["path"].astype(str)).encode()).hexdigest()[:10]
 
 
-images_key = array_key   # the key of per-image caches (scores, answers)
-
 
 def cached_scores(det: Detector, images: np.ndarray, progress: bool = False) -> np.ndarray:
     """`det.score(images)`, kept in the fitted detector's artifact folder under a hash of the images, so an
     interrupted or repeated evaluation never scores the same images with the same detector twice."""
-    path = Path(det.folder) / "scores" / f"{images_key(images)}.npy"
+    path = Path(det.folder) / "scores" / f"{array_key(images)}.npy"
     if path.is_file():
         return np.load(path)
     s = np.asarray(det.score(images, progress=progress), dtype=float)

@@ -86,11 +86,16 @@ def ablation(variants: dict, run_dir, images, df, seeds, detector: str = "craft"
     return summ.merge(fit, on=["variant", "subset"]), long
 
 
+def seed_stats(long, metric: str, subset: str) -> tuple[pd.Series, pd.Series]:
+    """Mean and standard deviation over seeds of `metric` per variant on `subset` (std 0 for a single seed)."""
+    g = long[long["subset"] == subset].groupby("variant", sort=False)[metric]
+    return g.mean(), g.std(ddof=1).fillna(0.0)
+
+
 def ordering_claim(long, claim: str, higher, lower, metric: str = "acc", subset: str = "all test") -> dict:
     """Does every variant in `higher` beat every variant in `lower` on `metric` (mean over seeds)? Also says
     whether the smallest gap exceeds the sum of the two variants' seed standard deviations."""
-    g = long[long["subset"] == subset].groupby("variant")[metric]
-    mean, std = g.mean(), g.std(ddof=1).fillna(0.0)
+    mean, std = seed_stats(long, metric, subset)
     pairs = [(h, lo) for h in higher for lo in lower]
     h, lo = min(pairs, key=lambda hl: mean[hl[0]] - mean[hl[1]])
     gap = mean[h] - mean[lo]
@@ -102,8 +107,8 @@ def ordering_claim(long, claim: str, higher, lower, metric: str = "acc", subset:
 def chance_claim(long, claim: str, variant: str, metric: str = "acc", subset: str = "all test",
                  tol: float = 0.1) -> dict:
     """Is `variant` within `tol` of chance (0.5) on `metric` (mean over seeds)?"""
-    v = long[(long["subset"] == subset) & (long["variant"] == variant)][metric]
-    m, sd = v.mean(), v.std(ddof=1) if len(v) > 1 else 0.0
+    mean, std = seed_stats(long, metric, subset)
+    m, sd = mean[variant], std[variant]
     return {"claim": claim, "metric": f"{metric} ({subset})", "ours": f"{variant} {m:.3f} ± {sd:.3f}",
             "agrees": bool(abs(m - 0.5) <= tol), "beyond_seed_spread": bool(abs(m - 0.5) + sd <= tol)}
 
@@ -116,8 +121,7 @@ def best_claim(long, claim: str, variant: str, metric: str = "acc", subset: str 
 def effect_claim(long, table: str, metric: str = "acc", subset: str = "all test", min_gap: float = 0.01) -> dict:
     """Does `table` show a measurable effect: do two variants' means (over seeds) differ by more than the sum of
     their seed standard deviations, and by at least `min_gap`? Reports the pair whose gap exceeds its spread most."""
-    g = long[long["subset"] == subset].groupby("variant", sort=False)[metric]
-    mean, std = g.mean(), g.std(ddof=1).fillna(0.0)
+    mean, std = seed_stats(long, metric, subset)
     pairs = [(a, b) for a in mean.index for b in mean.index if a != b]
     if not pairs:
         return {"table": table, "metric": f"{metric} ({subset})", "variants": len(mean),

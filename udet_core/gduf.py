@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .detectors import Detector, images_key, register
+from .detectors import Detector, register
 from .losses import (flow_matching_loss, flow_matching_noisy, gduf_cls_loss, gduf_explanation_loss,
                      gduf_total_loss)
 from .models.unified import ANSWER, INSTRUCTION, UnifiedModel, resolve
 from .profiles import GdufConfig, UnifiedConfig
 from .progress import tqdm
-from .runs import PeakRSS, atomic_write_json, checkpoint_meta
+from .runs import PeakRSS, array_key, atomic_write_json, checkpoint_meta
 from .train import Objective, balanced, fit
 
 
@@ -302,7 +302,7 @@ def cached_answers(det: UniGenDetDetector, images: np.ndarray, progress: bool = 
     """`det.model.detect(images)` (head probability + decoded explanation), kept in the fitted detector's folder
     under a hash of the images, like `detectors.cached_scores`."""
     from .runs import atomic_write_text
-    path = Path(det.folder) / "answers" / f"{images_key(images)}.csv"
+    path = Path(det.folder) / "answers" / f"{array_key(images)}.csv"
     if path.is_file():
         return pd.read_csv(path, keep_default_na=False)
     out = det.model.detect(images, progress=progress)
