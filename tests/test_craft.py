@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from udet_core.craft import (Craft, detect_images, ema_center, perturb_latent, prefix_cache,
-                             run_craft, split_tensors, train)
+from udet_core.craft import (Craft, detect_images, ema_center, latent_center_distance, perturb_latent,
+                             premise_check, prefix_cache, run_craft, split_tensors, train)
 from udet_core.data.manifest import load_images
 from udet_core.losses import craft_cr_loss, craft_total_loss
 from udet_core.metrics import calibrate_threshold
@@ -114,6 +114,30 @@ def test_prefix_cache_is_what_the_suffix_receives(tiny_data, tiny):
     z = prefix_cache(m, x, batch_size=5)
     assert torch.allclose(z, m.prefix(x), atol=1e-5)
     assert z.shape[1:] == (m.base.vae.config.latent_channels, *[tiny.data.resolution // 2] * 2)
+
+
+def test_premise_check_reports_the_centre_distance_and_the_frozen_distance(tiny_run, tiny_data, tiny):
+    from sklearn.metrics import roc_auc_score
+    run_dir, _ = tiny_run
+    bench, images, df = tiny_data
+    table = premise_check(tiny, run_dir, images, df).set_index(["score", "family"])
+    x_train, y_train = split_tensors(images, df, "train")
+    x, y = split_tensors(images, df, "test")
+    y = y.numpy()
+    frozen = _model(bench, replace(tiny.craft, train_encoder=False, train_unet=False, train_decoder=False))
+    frozen.fit_center(x_train[y_train == 0])
+    r = latent_center_distance(frozen, x)
+    d = frozen.score(x)[1]           # no prefix cache: recomputed from the images
+    for name, s in (("||z_T - mu_real||", r), ("d (frozen, perturbed)", d)):
+        row = table.loc[(name, "all fakes")]
+        assert row.AUC == pytest.approx(roc_auc_score(y, s), abs=1e-6)
+        assert row.mean_real == pytest.approx(s[y == 0].mean(), rel=1e-4)
+        assert row.mean_fake == pytest.approx(s[y == 1].mean(), rel=1e-4)
+    assert set(table.xs("d (frozen, perturbed)").index) == set(df.loc[df.label == 1, "family"]) | {"all fakes"}
+    # an image whose inverted latent is the centre is at distance 0, the others are not
+    frozen.mu = frozen.invert(x[:1])[0]
+    r0 = latent_center_distance(frozen, x[:3])
+    assert r0[0] < 1e-4 and (r0[1:] > 1e-2).all()
 
 
 def test_tiny_real_pipeline_folder_trains_unchanged(tmp_path, tiny):

@@ -32,7 +32,8 @@ RESULTS = {"00_data_prep": ("00_counts", "00_spectral_baseline"),
            "03_craft_training": ("03_craft_summary", "03_craft_per_family", "03_comparison", "03_comparison_per_family",
                                  "03_cross_domain"),
            "04_ablations": ("04_robustness", "04_format_bias", "04_craft_table2", "04_craft_table5", "04_craft_table6",
-                            "04_craft_lambda", "04_craft_margin", "04_craft_delta", "04_craft_paper_claims", "04_effects"),
+                            "04_craft_lambda", "04_craft_margin", "04_craft_delta", "04_craft_paper_claims", "04_effects",
+                            "04_craft_premise"),
            "05_honeycomb_collapse": ("05_reconstruction_peaks", "05_jacobian_norms")}
 
 

@@ -502,6 +502,42 @@ def trajectory_jacobian_norms(model: Craft, x: torch.Tensor, iters: int = 8, pro
     return np.stack(norms)
 
 
+@torch.no_grad()
+def latent_center_distance(model: Craft, x: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    """||z_T - mu_real|| per image: the premise of paper §3.2 / §4.1 that forged latents lie farther from mu_real."""
+    return np.concatenate([(model.invert(b) - model.mu).flatten(1).norm(dim=1).numpy() for b in x.split(batch_size)])
+
+
+def premise_check(p, run_dir, images: np.ndarray, df):
+    """CRAFT's premise on a benchmark, before any fine-tuning: for the test reals against each test family (and
+    all fakes), the mean and AUC of ||z_T - mu_real|| (§3.2) and of the frozen pipeline's distance d(x, x_hat)
+    after the perturbation (Table 2's 'perturbation only' row). Long table, one row per score x family."""
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+    from .benchmark import build_benchmark
+    from .metrics import per_family_table
+    cfg = replace(p.craft, perturb=True, train_encoder=False, train_unet=False, train_decoder=False)
+    model = Craft.from_backbone(build_benchmark(p, run_dir, progress=False).generators.image_variation_path, cfg)
+    x_train, y_train = split_tensors(images, df, "train")
+    model.fit_center(x_train[y_train == 0], cfg.eval_batch_size, cache_dir=cache_dir(run_dir))
+    x, y = split_tensors(images, df, "test")
+    y = y.numpy()
+    test = df[(df["split"] == "test").to_numpy()].reset_index(drop=True)
+    z = prefix_cache(model, x, cfg.eval_batch_size, cache_dir=cache_dir(run_dir))
+    scores = {"||z_T - mu_real||": latent_center_distance(model, x, cfg.eval_batch_size),
+              "d (frozen, perturbed)": model.score(x, batch_size=cfg.eval_batch_size, z=z)[1]}
+    rows = []
+    for name, s in scores.items():
+        fam = per_family_table(test, s).assign(mean_fake=lambda t: [s[(test.family == f).to_numpy()].mean()
+                                                                  for f in t.family])
+        every = {"family": "all fakes", "role": "all", "n_real": int((y == 0).sum()), "n_fake": int(y.sum()),
+                 "AUC": roc_auc_score(y, s), "mean_fake": s[y == 1].mean()}
+        rows.append(pd.concat([fam, pd.DataFrame([every])], ignore_index=True)
+                    .assign(score=name, mean_real=s[y == 0].mean()))
+    cols = ["score", "family", "role", "n_real", "n_fake", "mean_real", "mean_fake", "AUC"]
+    return pd.concat(rows, ignore_index=True)[cols]
+
+
 # ------------------------------------------------------------------ ablations (notebook 04)
 
 def scaled_k(k_of_50: int, n_steps: int) -> int:
