@@ -528,8 +528,8 @@ def premise_check(p, run_dir, images: np.ndarray, df):
               "d (frozen, perturbed)": model.score(x, batch_size=cfg.eval_batch_size, z=z)[1]}
     rows = []
     for name, s in scores.items():
-        fam = per_family_table(test, s).assign(mean_fake=lambda t: [s[(test.family == f).to_numpy()].mean()
-                                                                  for f in t.family])
+        fam = per_family_table(test, s)
+        fam["mean_fake"] = fam["family"].map(pd.Series(s).groupby(test["family"]).mean())
         every = {"family": "all fakes", "role": "all", "n_real": int((y == 0).sum()), "n_fake": int(y.sum()),
                  "AUC": roc_auc_score(y, s), "mean_fake": s[y == 1].mean()}
         rows.append(pd.concat([fam, pd.DataFrame([every])], ignore_index=True)

@@ -83,7 +83,6 @@ def rows_key(df: pd.DataFrame) -> str:
     return hashlib.sha256("\n".join(df["path"].astype(str)).encode()).hexdigest()[:10]
 
 
-
 def cached_scores(det: Detector, images: np.ndarray, progress: bool = False) -> np.ndarray:
     """`det.score(images)`, kept in the fitted detector's artifact folder under a hash of the images, so an
     interrupted or repeated evaluation never scores the same images with the same detector twice."""
