@@ -1,4 +1,11 @@
 """The accelerate training loop: a run interrupted after a checkpoint resumes to the same weights."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -13,32 +20,54 @@ def _setup():
     return model, data
 
 
-def _objective(model, fail_after=None):
+def _interrupt():
+    raise KeyboardInterrupt("simulated crash")
+
+
+def _kill():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _objective(model, fail_after=None, crash=_interrupt):
     calls = {"n": 0}
 
     def loss(m, batch):
         calls["n"] += 1
         if fail_after is not None and calls["n"] > fail_after:
-            raise KeyboardInterrupt("simulated crash")
+            crash()
         x, y = batch[:, :4], batch[:, 4:]
         return ((m["net"](x) + 0.1 * torch.randn_like(y) - y) ** 2).mean()   # uses the RNG on purpose
     return Objective("mse", loss, [{"params": model.parameters()}], lr=1e-2)
 
 
-def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
-    model, data = _setup()
-    hist = fit({"net": model}, [_objective(model)], data, steps=8, batch_size=16, seed=3, progress=False)
-    reference = [p.detach().clone() for p in model.parameters()]
+def _train(out_dir=None, **crash):
+    """8 steps, checkpointed every 4 into `out_dir` (if given); returns the history and the model."""
+    model, data = _setup()   # fresh weights each time: a resumed run takes them from the checkpoint
+    hist = fit({"net": model}, [_objective(model, **crash)], data, steps=8, batch_size=16, seed=3, out_dir=out_dir,
+               checkpoint_every=4, progress=False)
+    return hist, model
 
-    model, data = _setup()
+
+def _crash_in_process(out_dir):
     with pytest.raises(KeyboardInterrupt):
-        fit({"net": model}, [_objective(model, fail_after=5)], data, steps=8, batch_size=16, seed=3,
-            out_dir=tmp_path, checkpoint_every=4, progress=False)
-    assert (tmp_path / "checkpoint" / "state.json").exists()
+        _train(out_dir, fail_after=5)
 
-    model, data = _setup()  # fresh process state: weights come from the checkpoint
-    hist2 = fit({"net": model}, [_objective(model)], data, steps=8, batch_size=16, seed=3, out_dir=tmp_path,
-                checkpoint_every=4, progress=False)
-    assert [h["mse"] for h in hist2] == pytest.approx([h["mse"] for h in hist], rel=1e-6)
-    for a, b in zip(reference, model.parameters()):
-        assert torch.allclose(a, b, atol=1e-6)
+
+def _kill_9_in_subprocess(out_dir):
+    """A fresh interpreter that SIGKILLs itself in step 6, after the step-4 checkpoint: no cleanup code runs."""
+    code = f"import test_train as t; t._train({str(out_dir)!r}, fail_after=5, crash=t._kill)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+@pytest.mark.parametrize("crash", [_crash_in_process, _kill_9_in_subprocess], ids=["exception", "kill-9"])
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path, crash):
+    hist, model = _train()
+    crash(tmp_path)
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == 4
+    hist2, model2 = _train(tmp_path)
+    for h in (hist, hist2):
+        h[-1].pop("wall_s")
+    assert hist2 == hist                                   # steps 1-4 from the checkpoint, 5-8 recomputed
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))   # bitwise

@@ -38,6 +38,42 @@ def check_kernel(name: str = "python3") -> str:
     return " ".join(spec.argv)
 
 
+DEAD_KERNEL = ("likely out of memory or killed; a rerun of the same command resumes from the finished artifacts "
+               "and training checkpoints")
+
+
+def notebook_engine() -> str:
+    """Register papermill's nbclient engine, except that a dead kernel becomes an error of the cell it was running
+    (so papermill saves the executed copy and raises PapermillExecutionError, as for a failing cell)."""
+    from nbclient.exceptions import DeadKernelError
+    from nbformat.v4 import new_output
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    class Engine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+            try:
+                return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+            except DeadKernelError:
+                started = [c for c in nb_man.nb.cells if c.cell_type == "code" and c.metadata.papermill["start_time"]]
+                if not started:
+                    raise
+                cell = started[-1]
+                cell.outputs.append(new_output("error", ename="DeadKernelError", evalue=DEAD_KERNEL, traceback=[]))
+                nb_man.cell_exception(cell)
+
+    papermill_engines.register("udet", Engine)
+    return "udet"
+
+
+def failure(e) -> str:
+    """A failed cell in one line: index, execution count, first source line, error."""
+    first = (e.source.strip().splitlines() or [""])[0][:80]
+    where = "kernel died in" if e.ename == "DeadKernelError" else "failed in"
+    count = "" if e.exec_count is None else f"execution count {e.exec_count}: "  # None when the kernel died first
+    return f"{where} cell {e.cell_index} ({count}{first}): {e.ename}: {e.evalue}"
+
+
 def reproduce(profile: str = "default", run_dir=None, only=None, force: bool = False, seed: int = 0,
               timeout_s: int = 3600, notebook_dir=NOTEBOOK_DIR) -> dict:
     """Run notebooks 00-05 (those that exist, or `only`) with papermill; stop at the first failure."""
@@ -72,11 +108,11 @@ def reproduce(profile: str = "default", run_dir=None, only=None, force: bool = F
         with PeakRSS(children=True, interval=0.5) as mem:
             try:
                 pm.execute_notebook(str(src), str(out_dir / f"{name}.ipynb"), parameters=params, kernel_name="python3",
-                                    cwd=str(REPO_ROOT), log_output=True, progress_bar=False,
-                                    request_save_on_cell_execute=False, autosave_cell_every=0,
+                                    engine_name=notebook_engine(), cwd=str(REPO_ROOT), log_output=True,
+                                    progress_bar=False, request_save_on_cell_execute=False, autosave_cell_every=0,
                                     execution_timeout=timeout_s)
             except PapermillExecutionError as e:
-                status = f"failed in cell {e.cell_index} (execution count {e.exec_count}): {e.ename}: {e.evalue}"
+                status = failure(e)
         wall = time.perf_counter() - t0
         record["notebooks"][name] = {"status": status, "wall_s": round(wall, 1), "peak_memory_mb": round(mem.peak_mb)}
         record["total_wall_s"] = round(time.perf_counter() - t_all, 1)
@@ -85,7 +121,7 @@ def reproduce(profile: str = "default", run_dir=None, only=None, force: bool = F
               flush=True)
         if status != "ok":
             print(f"executed copy with the error: {out_dir / (name + '.ipynb')}", file=sys.stderr)
-            raise SystemExit(f"reproduce stopped: notebook {name} {status}")
+            raise SystemExit(f"reproduce stopped: notebook {name} {status} (kernel peak memory {mem.peak_mb:.0f} MiB)")
     record["total_wall_s"] = round(time.perf_counter() - t_all, 1)
     atomic_write_json(run_dir / "reproduce.json", record)
     print(f"done in {record['total_wall_s']:.0f} s; record: {run_dir / 'reproduce.json'}", flush=True)
