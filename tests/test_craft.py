@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from udet_core.craft import (Craft, detect_images, ema_center, latent_center_distance, perturb_latent,
+from udet_core.craft import (Craft, detect_images, latent_center_distance, mean_center, perturb_latent,
                              premise_check, prefix_cache, run_craft, split_tensors, train)
 from udet_core.data.manifest import load_images
 from udet_core.losses import craft_cr_loss, craft_total_loss
@@ -54,9 +54,9 @@ def test_power_iteration_matches_the_exact_jacobian_norm(tiny_run, tiny):
     assert ddim_step_spectral_norm(m.base.unet, m.scheduler, t, cond, z, iters=40).item() == pytest.approx(exact, rel=0.03)
 
 
-def test_ema_center_is_an_ema():
-    lat = torch.tensor([[1.0], [3.0]])
-    assert ema_center(lat, 0.5).item() == pytest.approx(2.0)
+def test_real_centre_is_the_plain_mean_of_eq2():
+    lat = torch.tensor([[1.0, 0.0], [3.0, 2.0], [8.0, 4.0]])
+    assert torch.allclose(mean_center(lat), torch.tensor([4.0, 2.0]))      # every image weighs 1/N, the first too
 
 
 def test_calibrate_threshold_uses_given_scores_only():
@@ -231,3 +231,64 @@ def test_two_processes_match_one_process(tiny_run, tiny_checkpoint):
     h2 = json.loads((two / "craft.json").read_text())["history"]
     assert len(h1) == len(h2)
     assert np.allclose([h["craft_loss"] for h in h1], [h["craft_loss"] for h in h2], atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------ cache keys: content, not paths or names
+
+def test_craft_cache_key_follows_the_resolved_lpips_backbone(tiny_run, tiny, tiny_checkpoint, tmp_path, monkeypatch):
+    """Random and ImageNet LPIPS weights give different distances under one config name: the detector's artifact key
+    holds the name the distance resolves to, and a checkpoint refuses to score with another one."""
+    import shutil
+    from udet_core import distances
+    from udet_core.craft import CraftDetector
+    from udet_core.data.images import DataError
+    from udet_core.profiles import config_hash
+    run_dir, _ = tiny_run
+    det = CraftDetector(replace(tiny, craft=replace(tiny.craft, distance="lpips-vgg")), run_dir)
+    random_key = config_hash(det.config())
+    monkeypatch.setattr(distances, "imagenet_weights_cached", lambda net="vgg": True)   # weights appear in the cache
+    assert config_hash(det.config()) != random_key
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    meta = json.loads((ckpt / "craft.json").read_text())
+    meta["config"]["distance"], meta["distance"] = "lpips-vgg", "lpips-vgg-random"      # trained without the weights
+    (ckpt / "craft.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="lpips-vgg-random.*refusing to score"):
+        Craft.load(ckpt)
+
+
+def test_backbone_cache_key_is_its_content_not_its_path(tiny_run, tiny, tmp_path):
+    """A backbone rebuilt or replaced at the same path changes the keys of the real centre, the frozen prefix and the
+    checkpoints trained on it; an untouched one keeps its key (read back from the record beside it)."""
+    import shutil
+    from udet_core.craft import prefix_key
+    from udet_core.runs import CONTENT_KEY_FILE, content_key
+    _, bench = tiny_run
+    folder = tmp_path / "backbone"
+    shutil.copytree(bench.generators.image_variation_path, folder)
+    m = Craft.from_backbone(folder, tiny.craft)
+    key, prefix = content_key(folder), prefix_key(m)
+    assert (folder / CONTENT_KEY_FILE).is_file() and content_key(folder) == key
+    assert Craft.from_backbone(folder, tiny.craft).backbone_key == key
+    with torch.no_grad():                                                    # replace the UNet at the same path
+        next(m.base.unet.parameters()).add_(0.01)
+    m.base.unet.save_pretrained(str(folder / "unet"), safe_serialization=True)
+    assert content_key(folder) != key
+    assert prefix_key(Craft.from_backbone(folder, tiny.craft)) != prefix
+    original = Craft.from_backbone(bench.generators.image_variation_path, tiny.craft).base
+    assert Craft(m.base, tiny.craft).backbone_key != Craft(original, tiny.craft).backbone_key   # in memory: by weights
+
+
+def test_run_craft_cache_key_covers_every_benchmark_config(tiny_run, tiny, monkeypatch):
+    """`train-craft` reuses a checkpoint only when every config that made the benchmark (GAN and pixel DDPM
+    included) is the same: one key recipe with the detectors."""
+    from udet_core.profiles import GANConfig, PixelDiffusionConfig
+    from udet_core.runs import Artifact
+    run_dir, _ = tiny_run
+    monkeypatch.setattr(Artifact, "done", property(lambda self: True))      # report the key's folder, train nothing
+    variants = [tiny, replace(tiny, gan=replace(tiny.gan, nz=tiny.gan.nz + 1)),
+                replace(tiny, pixel=replace(tiny.pixel, steps=tiny.pixel.steps + 1)),
+                replace(tiny, families=replace(tiny.families, sdedit_strength=0.5)), replace(tiny, seed=1)]
+    assert isinstance(variants[1].gan, GANConfig) and isinstance(variants[2].pixel, PixelDiffusionConfig)
+    paths = [run_craft(p, run_dir, seed=0, progress=False) for p in variants]
+    assert len(set(paths)) == len(paths)

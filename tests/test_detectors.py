@@ -50,7 +50,7 @@ def test_a_registered_toy_detector_gets_every_table(bench):
         assert list(summ["subset"]) == ["all test", "reals + seen families", "reals + held-out families"]
         assert (summ["seeds"] == 3).all() and (summ["images_per_s"] > 0).all() and (summ["peak_rss_mb"] > 0).all()
         assert summ["AP"].str.fullmatch(r"\d\.\d{3} ± \d\.\d{3}").all()
-        assert len(long) == 9 and long[["acc", "AP", "AUC"]].apply(lambda c: c.between(0, 1)).all().all()
+        assert len(long) == 9 and long[["bacc", "AP", "AUC"]].apply(lambda c: c.between(0, 1)).all().all()
         assert set(fam["family"]) == set(p.families.seen) | set(p.families.held_out)
         assert len(fam_long) == 3 * len(fam)
         # fitted on train rows only; the threshold comes from the validation split
@@ -64,7 +64,7 @@ def test_a_registered_toy_detector_gets_every_table(bench):
 
         matrix, xlong = evaluation.cross_domain(p, run_dir, images, df, names, seeds)
         assert set(matrix["train_domain"]) == {"scene", "science"}
-        assert {"acc on scene", "acc on science"} <= set(matrix.columns)
+        assert {"bacc on scene", "bacc on science"} <= set(matrix.columns)
         assert len(xlong) == 2 * 2 * 3 and xlong["n"].gt(0).all()
 
         rob, rob_long = evaluation.robustness(p, run_dir, images, df, names, seeds)
@@ -203,13 +203,14 @@ def test_ablation_variants_change_one_setting_each(tiny):
     assert (scaled_k(15, 50), scaled_k(15, 10), scaled_k(5, 10), scaled_k(50, 10), scaled_k(1, 10)) == (15, 3, 1, 10, 1)
     v = ablation_variants(tiny)
     modules = {"train_encoder", "train_unet", "train_decoder"}
-    allowed = {"table2": modules | {"loss", "perturb"}, "table5": modules, "table6": {"k"}, "lambda": {"lam"},
+    allowed = {"table2": modules | {"loss", "perturb"}, "table5": modules | {"perturb"}, "table6": {"k"}, "lambda": {"lam"},
                "margin": {"m"}, "delta": {"delta"}}
     for group, cfgs in v.items():
         for cfg in cfgs.values():
             changed = {f.name for f in fields(cfg) if getattr(cfg, f.name) != getattr(tiny.craft, f.name)}
             assert changed <= allowed[group], (group, changed)
     assert len({(c.train_encoder, c.train_unet, c.train_decoder) for c in v["table5"].values()}) == 8
+    assert v["table5"]["w/o fine-tune"] == v["table2"]["baseline (no fine-tune)"]      # paper Table 5 = its Table 2 row
     assert len(v["table2"]) == 8 and v["table2"]["CR + CE + perturbation"] == tiny.craft
     assert sorted(c.k for c in v["table6"].values()) == sorted({scaled_k(k, tiny.craft.n_steps) for k in tiny.ablation.k_of_50})
 
@@ -229,29 +230,56 @@ def test_ablation_table_fits_each_variant_per_seed_and_shares_the_full_model(ben
 
 def test_claim_checks_by_hand():
     long = pd.DataFrame({"variant": ["a", "a", "b", "b"], "seed": [0, 1, 0, 1], "subset": "all test",
-                         "acc": [0.8, 0.9, 0.5, 0.6]})
+                         "bacc": [0.8, 0.9, 0.5, 0.6]})
     c = evaluation.ordering_claim(long, "a beats b", ["a"], ["b"])
     assert c["agrees"] and c["beyond_seed_spread"]              # gap 0.3 > 2 * 0.0707
     assert not evaluation.ordering_claim(long, "b beats a", ["b"], ["a"])["agrees"]
     assert evaluation.chance_claim(long, "b is chance", "b")["agrees"]
     assert not evaluation.chance_claim(long, "a is chance", "a")["agrees"]
     assert evaluation.best_claim(long, "a is best", "a")["agrees"]
-    close = long.assign(acc=[0.60, 0.70, 0.58, 0.62])             # gap 0.05 < std sum
+    close = long.assign(bacc=[0.60, 0.70, 0.58, 0.62])             # gap 0.05 < std sum
     c = evaluation.ordering_claim(close, "a beats b", ["a"], ["b"])
     assert c["agrees"] and not c["beyond_seed_spread"]
 
 
+def test_detector_cache_key_is_the_rows_content_not_where_the_run_directory_lies():
+    """The rows a detector was fitted on are keyed by their images and manifest columns, not their absolute paths:
+    a run directory moved elsewhere keeps its cached detectors; other images or labels get another key."""
+    from udet_core.detectors import rows_key
+    df = pd.DataFrame({"path": ["/runs/a/x.png", "/runs/a/y.png"], "label": [0, 1], "split": "train"})
+    images = np.zeros((2, 4, 4, 3), np.uint8)
+    key = rows_key(df, images)
+    assert rows_key(df.assign(path=["/elsewhere/x.png", "/elsewhere/y.png"]), images) == key
+    assert rows_key(df.assign(label=[1, 1]), images) != key and rows_key(df, images + 1) != key
+
+
+def test_balanced_accuracy_makes_calling_everything_fake_chance():
+    """96 reals and 240 fakes, as udet-mini's 'all test': a detector that calls every image fake has plain accuracy
+    0.714 but balanced accuracy 0.5, and the chance claim says so; per-class accuracies are kept beside it."""
+    from udet_core.metrics import summary
+    y = np.r_[np.zeros(96), np.ones(240)].astype(int)
+    rng = np.random.default_rng(0)
+    s = summary(y, rng.random(len(y)) + 1.0, threshold=0.5)             # every score above the threshold
+    assert ((s["real_acc"], s["fake_acc"], s["bacc"]) == (0.0, 1.0, 0.5)) and "acc" not in s
+    assert np.mean((np.ones(len(y)) == y)) == pytest.approx(0.714, abs=1e-3)   # what plain accuracy would say
+    long = pd.DataFrame({"variant": ["all fake"] * 2, "seed": [0, 1], "subset": "all test", **{
+        k: [v, v] for k, v in s.items()}})
+    assert evaluation.chance_claim(long, "calling everything fake is chance", "all fake")["agrees"]
+    good = summary(y, np.r_[np.zeros(96), np.ones(240)] + rng.normal(0, 0.01, len(y)), threshold=0.5)
+    assert good["bacc"] == 1.0
+
+
 def test_effect_claim_by_hand():
     long = pd.DataFrame({"variant": ["a", "a", "b", "b", "c", "c"], "seed": [0, 1] * 3, "subset": "all test",
-                         "acc": [0.8, 0.9, 0.5, 0.6, 0.70, 0.72]})
+                         "bacc": [0.8, 0.9, 0.5, 0.6, 0.70, 0.72]})
     e = evaluation.effect_claim(long, "T")
     # a vs b: gap 0.3, spread 2 * 0.0707 = 0.141 -> margin 0.159, the largest of all ordered pairs
     assert e["measurable"] and e["largest separation"].startswith("a 0.850") and " vs b 0.550" in e["largest separation"]
     assert e["gap"] == pytest.approx(0.3) and e["seed_spread"] == pytest.approx(0.1414, abs=1e-4)
-    flat = long.assign(acc=[0.60, 0.70, 0.58, 0.62, 0.61, 0.63])   # every gap within the seeds' spread
+    flat = long.assign(bacc=[0.60, 0.70, 0.58, 0.62, 0.61, 0.63])   # every gap within the seeds' spread
     assert not evaluation.effect_claim(flat, "T")["measurable"]
-    tiny = long.assign(acc=[0.566, 0.566, 0.5661, 0.5661, 0.566, 0.566])  # no seed spread, but a negligible gap
+    tiny = long.assign(bacc=[0.566, 0.566, 0.5661, 0.5661, 0.566, 0.566])  # no seed spread, but a negligible gap
     assert not evaluation.effect_claim(tiny, "T")["measurable"]
-    same = long.assign(acc=0.711)                                  # a degenerate table: all variants equal
+    same = long.assign(bacc=0.711)                                  # a degenerate table: all variants equal
     e = evaluation.effect_claim(same, "T")
     assert not e["measurable"] and e["gap"] == 0

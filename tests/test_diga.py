@@ -81,6 +81,12 @@ def test_generation_metrics_by_hand():
     a = rng.normal(size=(4000, 3))
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
     assert frechet_distance(a, a + np.array([1.0, 2.0, 0.0])) == pytest.approx(5.0, abs=1e-6)   # same cov: ||d||^2
+    with pytest.raises(ValueError, match="rank-deficient"):                   # 3 samples of 3-d features
+        frechet_distance(a[:3], a[3:6])
+    from udet_core.profiles import PROFILES
+    for make in PROFILES.values():                                           # every profile's featnet is full rank
+        g = make().geneval
+        assert g.n_samples > g.feature_dim, g
     same = np.repeat(rng.integers(0, 256, (1, 8, 8, 3), dtype=np.uint8), 4, axis=0)
     mse = lambda x, y: ((x - y) ** 2).flatten(1).mean(1)   # noqa: E731
     assert intra_prompt_diversity([same], mse) == 0.0
@@ -102,4 +108,5 @@ def test_diga_runs_are_cached_and_measured(tiny_run, tiny):
     assert list(table.columns[:3]) == ["stage", "FID-style", "diversity"]
     assert np.isfinite(table[["FID-style", "diversity"]].to_numpy()).all()
     assert out["info"]["features"].startswith(("workbench feature net", "Inception"))
+    assert out["info"]["n_samples"] > out["info"]["feature_dim"] == tiny.geneval.feature_dim
     assert out["samples"]["after DIGA"].shape == (tiny.geneval.n_samples, 16, 16, 3)

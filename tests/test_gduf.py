@@ -114,9 +114,9 @@ def test_explanation_metrics():
     assert parse_verdict("fake. It is a real photograph passed through an autoencoder") == 1
     assert parse_verdict("the image is real") == 0 and parse_verdict("cannot tell") is None
     m = explanation_metrics([1, 0], ref, ref)
-    assert m == {"n": 2, "unparsed": 0, "Acc": 1.0, "F1": 1.0, "ROUGE-L": 1.0, "CSS": pytest.approx(1.0)}
+    assert m == {"n": 2, "unparsed": 0, "bAcc": 1.0, "F1": 1.0, "ROUGE-L": 1.0, "CSS": pytest.approx(1.0)}
     m = explanation_metrics([1, 0, 1], ref + ["fake. x"], ["fake. a periodic pattern", "fake. a camera", "???"])
-    assert m["unparsed"] == 1 and m["Acc"] == 0.5 and 0 < m["ROUGE-L"] < 1
+    assert m["unparsed"] == 1 and m["bAcc"] == 0.5 and 0 < m["ROUGE-L"] < 1
     assert rouge_l(ref[0], "fake. a periodic pattern") == pytest.approx(2 * (4 / 4 * 4 / 8) / (4 / 4 + 4 / 8))
     assert css("real", "") == 0.0
 
@@ -153,20 +153,37 @@ def test_generation_expert_reaches_detection_only_through_smsa(tiny_model):
     assert not torch.allclose(after[False][:, :n_vae], before[False][:, :n_vae], atol=1e-3)
 
 
-def test_cached_decoding_equals_recomputing_the_sequence(tiny_model):
-    torch.manual_seed(2)
-    x = torch.rand(3, 3, 16, 16) * 2 - 1
-    prob, ans = tiny_model._decode(x, 8)
-    a = torch.full((3, 1), tiny_model.tokenizer.convert_tokens_to_ids(ANSWER))
-    z, ref = tiny_model.latents(x), []
-    with torch.no_grad():
-        for _ in range(ans.shape[1]):
-            out = tiny_model.model.detection(z, x, tiny_model.instruction(3), a, torch.ones_like(a, dtype=torch.bool))
-            nxt = out["lm_logits"][:, -1].argmax(-1)
-            ref.append(nxt)
-            a = torch.cat([a, nxt[:, None]], 1)
-        head = out["cls_logits"].softmax(-1)[:, 1]
+@pytest.mark.parametrize("smsa", [True, False])
+def test_cached_smsa_decoding_equals_full_forward_decoding(tiny_model, smsa):
+    """Greedy decoding with the key/value cache gives the tokens and logits of rerunning the whole sequence, with
+    SMSA and without it (w/o SMSA, answer tokens must not see the cached VAE latents while decoding either)."""
+    tiny_model.cfg = replace(tiny_model.cfg, smsa=smsa)
+    try:
+        torch.manual_seed(2)
+        x = torch.rand(3, 3, 16, 16) * 2 - 1
+        prob, ans = tiny_model._decode(x, 8)
+        cache = [{} for _ in tiny_model.model.layers]
+        with torch.no_grad():
+            out = tiny_model.detection_prefix(x, cache)
+            cached_logits, visible, pos = [out["lm_logits"][:, -1]], out["visible"], out["positions"][:, -1]
+            for i in range(ans.shape[1] - 1):
+                pos = pos + 1
+                logits, visible = tiny_model.model.decode_step(ans[:, i], pos, cache, visible)
+                cached_logits.append(logits)
+            a = torch.full((3, 1), tiny_model.tokenizer.convert_tokens_to_ids(ANSWER))
+            z, ref, full_logits = tiny_model.latents(x), [], []
+            for _ in range(ans.shape[1]):
+                out = tiny_model.model.detection(z, x, tiny_model.instruction(3), a, torch.ones_like(a, dtype=torch.bool),
+                                                 smsa=smsa)
+                full_logits.append(out["lm_logits"][:, -1])
+                nxt = out["lm_logits"][:, -1].argmax(-1)
+                ref.append(nxt)
+                a = torch.cat([a, nxt[:, None]], 1)
+            head = out["cls_logits"].softmax(-1)[:, 1]
+    finally:
+        tiny_model.cfg = replace(tiny_model.cfg, smsa=True)
     assert torch.equal(ans, torch.stack(ref, 1))
+    assert torch.allclose(torch.stack(cached_logits), torch.stack(full_logits), atol=1e-5)
     assert torch.allclose(prob, head, atol=1e-6)      # later answer tokens never change the head's input
 
 
@@ -178,11 +195,26 @@ def test_training_rows_follow_the_mix_ratio(tiny_model):
     det = task == 0
     assert (y[det] == 0).sum() == (y[det] == 1).sum() == 6                      # balanced detection rows
     assert (task == 1).sum() == round(tiny_model.cfg.gen_ratio * 12) and (y[task == 1] == 0).all()
-    tiny_model.cfg = replace(tiny_model.cfg, gen_ratio=0.0)
+    cfg = tiny_model.cfg
+    tiny_model.cfg = replace(cfg, gen_ratio=0.0)
     try:
         assert (tiny_model.training_tensors(images, df, seed=0)[-1] == 1).sum() == 0
     finally:
-        tiny_model.cfg = replace(tiny_model.cfg, gen_ratio=0.2)
+        tiny_model.cfg = cfg
+
+
+def test_the_base_generator_sees_as_many_generation_samples_as_gduf(tiny):
+    """Paper §4.1 trains generation and understanding 1:1; the Table 4 'base' generator trains on generation only,
+    for the share of GDUF's steps that GDUF spends on generation rows."""
+    from udet_core.gduf import generation_only
+    from udet_core.profiles import get_profile
+    cfg = get_profile("default").gduf
+    assert cfg.gen_ratio == 1.0
+    base = generation_only(cfg)
+    assert base.w_cls == base.w_exp == 0.0 and base.w_gen == cfg.w_gen
+    gduf_gen_samples = cfg.steps * cfg.batch_size * cfg.gen_ratio / (1 + cfg.gen_ratio)
+    assert base.steps * base.batch_size == pytest.approx(gduf_gen_samples, abs=cfg.batch_size)
+    assert generation_only(replace(cfg, gen_ratio=0.2, steps=150)).steps == 25
 
 
 def test_unigendet_trains_detects_generates_and_reloads(tiny_run, tiny, tmp_path):

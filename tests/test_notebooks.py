@@ -1,5 +1,6 @@
 """Notebooks executed headless with papermill on the tiny profile, through the same runner as README command 1."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -23,9 +24,10 @@ FIGURES = {"00_data_prep": ("00_real_vs_fake_grid", "00_family_spectra"),
            "01_gduf": ("01_gduf_training_curves", "01_gduf_ablation", "01_gduf_explanations", "01_gduf_samples"),
            "02_diga": ("02_diga_training_curves", "02_diga_samples"),
            "03_craft_training": ("03_craft_training_curve", "03_craft_distance_by_family", "03_comparison_ap"),
-           "04_ablations": ("04_robustness_craft_acc", "04_robustness_dire_AP", "04_robustness_aeroblade_acc",
-                            "04_robustness_cnnspot_acc", "04_format_bias", "04_craft_ablations"),
-           "05_honeycomb_collapse": ("05_honeycomb_figure1", "05_reconstruction_spectra", "05_jacobian_norms")}
+           "04_ablations": ("04_robustness_craft_bacc", "04_robustness_dire_AP", "04_robustness_aeroblade_bacc",
+                            "04_robustness_cnnspot_bacc", "04_format_bias", "04_craft_ablations"),
+           "05_honeycomb_collapse": ("05_honeycomb_figure1", "05_reconstruction_spectra", "05_jacobian_norms",
+                                     "05_upsampler_ablation")}
 RESULTS = {"00_data_prep": ("00_counts", "00_spectral_baseline"),
            "01_gduf": ("01_paper_model_parameters", "01_gduf_training_cost", "01_gduf_ablation", "01_gduf_paper_ordering"),
            "02_diga": ("02_diga_table4", "02_diga_ordering", "02_diga_detection"),
@@ -34,7 +36,8 @@ RESULTS = {"00_data_prep": ("00_counts", "00_spectral_baseline"),
            "04_ablations": ("04_robustness", "04_format_bias", "04_craft_table2", "04_craft_table5", "04_craft_table6",
                             "04_craft_lambda", "04_craft_margin", "04_craft_delta", "04_craft_paper_claims", "04_effects",
                             "04_craft_premise"),
-           "05_honeycomb_collapse": ("05_reconstruction_peaks", "05_jacobian_norms")}
+           "05_honeycomb_collapse": ("05_reconstruction_peaks", "05_jacobian_norms", "05_upsampler_ablation",
+                                     "05_upsampler_findings")}
 
 
 @pytest.mark.notebook
@@ -56,21 +59,42 @@ def test_every_notebook_runs_on_tiny(tiny_run):
         assert any(c.get("outputs") for c in executed["cells"] if c["cell_type"] == "code")
 
 
-@pytest.mark.notebook
-def test_runner_stops_at_the_first_failure_and_names_notebook_and_cell(tmp_path):
+def _notebooks(tmp_path, *cells) -> Path:
+    """A folder with notebooks 00 and 01, each a parameters cell followed by `cells`."""
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
     nb = new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     params = new_code_cell("profile = 'tiny'")
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, new_code_cell("x = 1"), new_code_cell("raise ValueError('broken on purpose')")]
+    nb.cells = [params, *map(new_code_cell, cells)]
     nbdir = tmp_path / "nbs"
     nbdir.mkdir()
     nbformat.write(nb, nbdir / "00_data_prep.ipynb")
     nbformat.write(nb, nbdir / "01_gduf.ipynb")
+    return nbdir
+
+
+@pytest.mark.notebook
+def test_runner_stops_at_the_first_failure_and_names_notebook_and_cell(tmp_path):
+    nbdir = _notebooks(tmp_path, "x = 1", "raise ValueError('broken on purpose')")
     with pytest.raises(SystemExit, match=r"00_data_prep failed in cell \d+ .*ValueError: broken on purpose"):
         reproduce("tiny", tmp_path / "run", notebook_dir=nbdir)
     record = json.loads((tmp_path / "run" / "reproduce.json").read_text())
     assert "01_gduf" not in record["notebooks"]          # stopped at the first failure
     assert (tmp_path / "run" / "notebooks" / "00_data_prep.ipynb").exists()  # executed copy kept for debugging
+
+
+@pytest.mark.notebook
+def test_runner_reports_a_dead_kernel_like_a_failing_cell(tmp_path):
+    """kill -9 / out of memory: the runner names notebook and cell, keeps the outputs so far, exits non-zero."""
+    nbdir = _notebooks(tmp_path, "print('before the kill')", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    with pytest.raises(SystemExit, match=r"00_data_prep kernel died in cell 3 .*import os, signal.*DeadKernelError.*"
+                                         r"rerun.*resumes.*kernel peak memory \d+ MiB"):
+        reproduce("tiny", tmp_path / "run", notebook_dir=nbdir)
+    record = json.loads((tmp_path / "run" / "reproduce.json").read_text())
+    assert record["notebooks"]["00_data_prep"]["status"].startswith("kernel died in cell 3 ")
+    assert record["notebooks"]["00_data_prep"]["peak_memory_mb"] > 0
+    assert "01_gduf" not in record["notebooks"]
+    executed = (tmp_path / "run" / "notebooks" / "00_data_prep.ipynb").read_text()
+    assert "before the kill" in executed and "DeadKernelError" in executed

@@ -31,7 +31,8 @@ def main(argv=None) -> int:
     d.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     d.add_argument("--checkpoint", required=True, help="CRAFT checkpoint folder (craft.json + pipeline/)")
     d.add_argument("--out", required=True, help="CSV to write: path, score, label, distance")
-    d.add_argument("--fast", action="store_true", help="invert only through the fine-tuned segment")
+    d.add_argument("--fast", action="store_true", help="CRAFT-fast: invert only through the fine-tuned segment (a "
+                   "different detector: its suffix was trained on full-mode inputs; own validation threshold)")
     d.add_argument("--batch-size", type=int, default=64)
 
     t = sub.add_parser("train-craft", help="train CRAFT on udet-mini (works under `accelerate launch`)")
@@ -103,7 +104,7 @@ def _detect(a) -> int:
     problems += bad
     atomic_write_text(a.out, df.to_csv(index=False))
     print(f"scored {len(df)} images ({df.attrs.get('images_per_s', 0):.1f} images/s, "
-          f"{'fast' if a.fast else 'full'} mode) -> {a.out}")
+          f"{'CRAFT-fast, a different detector' if a.fast else 'CRAFT, full mode'}) -> {a.out}")
     if problems:
         print(f"skipped {len(problems)} bad file(s):")
         for path, why in problems:

@@ -325,6 +325,12 @@ def benchmark_configs(p: Profile) -> tuple:
     return p.data, p.vae, p.sdiv, p.pixel, p.gan, p.families, p.seed
 
 
+def method_artifact(run_dir, name: str, p: Profile, *cfgs) -> Artifact:
+    """The one cache-key recipe for everything trained or computed on udet-mini: the method's own configs (and
+    content keys, seeds, rows) followed by every config that determines the benchmark (`benchmark_configs`)."""
+    return Artifact(run_dir, name, *cfgs, *benchmark_configs(p))
+
+
 def build_benchmark(p: Profile, run_dir, progress: bool = True, force: bool = False) -> Benchmark:
     """Build (or reuse) udet-mini for profile `p` under `run_dir`; returns its manifest and generator paths."""
     check_split_photos(p.data.split_photos)

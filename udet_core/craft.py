@@ -3,6 +3,7 @@
 Pipeline for an image x (DESIGN §4, paper §3-4):
   z0 = VAE-encode(x)                                 (frozen)
   z_T = DDIM-invert(z0, n steps)                     (frozen base UNet + image encoder)
+  mu_real = mean of the real training images' z_T                           eq. 2
   z' = z_T + lam (z_T - mu_real)/(||.|| + eps), ||z'|| <= tau          eq. 4, 10, 11
   z_k = first n-k DDIM sampling steps from z'        (frozen: the *prefix*)
   x_hat = decode(last k DDIM steps from z_k)         (trainable encoder / UNet / decoder: the *suffix*)
@@ -23,13 +24,13 @@ import torch
 from torch import nn
 
 from .detectors import Detector, register
-from .distances import distance_label, make_distance
+from .distances import distance_label, make_distance, resolved_name
 from .metrics import calibrate_threshold
 from .losses import craft_ce_loss, craft_cr_loss, craft_recon_loss, craft_total_loss
 from .models.backbones import ImageVariation, load_image_variation
 from .profiles import CraftConfig, config_hash
 from .progress import tqdm
-from .runs import array_key, atomic_write_json, cached_tensors, checkpoint_meta
+from .runs import array_key, atomic_write_json, cached_tensors, checkpoint_meta, content_key, module_key
 
 
 # ------------------------------------------------------------------ one equation, one function
@@ -60,12 +61,9 @@ def ddim_steps(unet, scheduler, z: torch.Tensor, cond: torch.Tensor, timesteps) 
     return z
 
 
-def ema_center(latents: torch.Tensor, decay: float) -> torch.Tensor:
-    """mu_real (eq. 2): exponential moving average of authentic latents, in data order."""
-    mu = latents[0].clone()
-    for z in latents[1:]:
-        mu = decay * mu + (1 - decay) * z
-    return mu
+def mean_center(latents: torch.Tensor) -> torch.Tensor:
+    """mu_real (eq. 2): the mean of the authentic training images' inverted latents."""
+    return latents.mean(0)
 
 
 def perturb_latent(z: torch.Tensor, mu: torch.Tensor, lam: float, tau: float, eps: float = 1e-6) -> torch.Tensor:
@@ -136,7 +134,15 @@ class Craft:
         self.distance = make_distance(cfg.distance, base.vae)
         self.mu, self.mu_fast = mu, None
         self.threshold = self.threshold_fast = 0.5
-        self.base_path = None
+        self.base_path, self._backbone_key = None, None
+
+    @property
+    def backbone_key(self) -> str:
+        """The base backbone's content key: of its folder when loaded from one (`from_backbone`), else of its
+        weights in memory. Every cache of the frozen prefix and the real centre is keyed by it, never by a path."""
+        if self._backbone_key is None:
+            self._backbone_key = module_key(self.base.vae, self.base.image_encoder, self.base.unet)
+        return self._backbone_key
 
     # -- parameters
     def trainable(self) -> dict:
@@ -186,17 +192,17 @@ class Craft:
     @torch.no_grad()
     def fit_center(self, real_x: torch.Tensor, batch_size: int = 64, progress: bool = False,
                    cache_dir=None) -> torch.Tensor:
-        """mu_real from the inverted latents of real training images (full and fast-mode levels); with
-        `cache_dir`, kept in a file keyed by the backbone, the steps and the images (variants and seeds share it)."""
+        """mu_real (eq. 2) from the inverted latents of real training images (full and fast-mode levels); with
+        `cache_dir`, kept in a file keyed by the backbone's content, the steps and the images (variants and seeds
+        share it)."""
         def compute():
             full, fast = [], []
             for b in tqdm(real_x.split(batch_size), desc="real centre", disable=not progress):
                 full.append(self.invert(b))
                 fast.append(self.invert(b, fast=True))
-            return {"mu": ema_center(torch.cat(full), self.cfg.ema_decay),
-                    "mu_fast": ema_center(torch.cat(fast), self.cfg.ema_decay)}
+            return {"mu": mean_center(torch.cat(full)), "mu_fast": mean_center(torch.cat(fast))}
         c = self.cfg
-        key = config_hash(str(self.base_path), c.n_steps, c.k, c.ema_decay, array_key(real_x))
+        key = config_hash("mean", self.backbone_key, c.n_steps, c.k, array_key(real_x))
         t = cached_tensors(cache_dir and Path(cache_dir) / f"craft-centre-{key}.safetensors", compute)
         self.mu, self.mu_fast = t["mu"], t["mu_fast"]
         return self.mu
@@ -243,7 +249,8 @@ class Craft:
 
     # -- persistence
     def save(self, folder, extra: dict | None = None) -> Path:
-        """Fine-tuned pipeline + classifier + centre + threshold; the base backbone is referenced by path."""
+        """Fine-tuned pipeline + classifier + centre + threshold; the base backbone is referenced by path and by
+        its content key, the distance by the name it resolved to."""
         from safetensors.torch import save_file
         folder = Path(folder)
         if self.base_path is None:
@@ -256,16 +263,27 @@ class Craft:
             tensors.update(mu_real=self.mu.contiguous(), mu_real_fast=self.mu_fast.contiguous())
         save_file(tensors, str(folder / "craft.safetensors"))
         meta = {"config": asdict(self.cfg), "threshold": self.threshold, "base": str(self.base_path),
-                "distance": distance_label(self.distance), **(extra or {})}
+                "base_key": self.backbone_key, "distance": distance_label(self.distance), **(extra or {})}
         atomic_write_json(folder / "craft.json", meta)
         return folder
 
     @classmethod
     def load(cls, folder) -> "Craft":
+        """A saved checkpoint; refuses (DataError) when the distance resolves to another network here than the one
+        the classifier was trained on, or when the base backbone's content changed since training."""
         from safetensors.torch import load_file
+        from .data.images import DataError
         folder = Path(folder)
         meta = checkpoint_meta(folder, "craft.json", "CRAFT")
         cfg = CraftConfig(**meta["config"])
+        here = resolved_name(cfg.distance)
+        if meta["distance"] != here:
+            raise DataError(folder, f"trained with the distance {meta['distance']!r}, but {cfg.distance!r} resolves to "
+                                    f"{here!r} on this machine (ImageNet LPIPS weights present or absent in the torch "
+                                    f"hub cache); its classifier would read a different scale: refusing to score")
+        if meta.get("base_key") and content_key(meta["base"]) != meta["base_key"]:
+            raise DataError(folder, f"its base backbone {meta['base']} changed since training (content key "
+                                    f"{content_key(meta['base'])}, trained on {meta['base_key']}): retrain")
         model = cls.from_backbone(meta["base"], cfg)
         tuned = load_image_variation(folder / "pipeline")
         s = model.suffix
@@ -285,6 +303,7 @@ class Craft:
         """Load the base StableDiffusionImageVariationPipeline folder (stand-in or real) and wrap it."""
         model = cls(load_image_variation(path), cfg)
         model.base_path = Path(path).resolve()
+        model._backbone_key = content_key(model.base_path)
         return model
 
 
@@ -316,7 +335,7 @@ def prefix_key(model: Craft, fast: bool = False) -> dict:
     """Everything the frozen prefix depends on besides the images (the real centre by its bytes)."""
     c = model.cfg
     mu = (model.mu_fast if fast else model.mu) if c.perturb else None
-    return {"backbone": str(model.base_path), "n_steps": c.n_steps, "frozen_steps": model.frozen_steps,
+    return {"backbone": model.backbone_key, "n_steps": c.n_steps, "frozen_steps": model.frozen_steps,
             "fast_k": c.k if fast else None, "perturb": c.perturb, "lam": c.lam if c.perturb else None,
             "tau_scale": c.tau_scale if c.perturb else None, "mu": None if mu is None else array_key(mu)}
 
@@ -356,6 +375,10 @@ def train(model: Craft, x: torch.Tensor, y: torch.Tensor, *, seed: int, out_dir=
 
 # ------------------------------------------------------------------ experiment and detection
 
+FAST_MODE = ("CRAFT-fast (a different detector: k inversion steps, perturbed at that level, then the suffix trained "
+             "on full-mode inputs)")
+
+
 def split_tensors(images: np.ndarray, df, split: str):
     """(x in [-1, 1], labels) of one split of a loaded manifest."""
     from .data.images import to_tensor
@@ -391,12 +414,12 @@ def run_craft(p, run_dir, cfg: CraftConfig | None = None, seed: int | None = Non
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
-    from .benchmark import build_benchmark
+    from .benchmark import build_benchmark, method_artifact
     from .data.manifest import load_images
-    from .runs import Artifact, Timer
+    from .runs import Timer
     cfg = cfg or p.craft
     seed = p.seed if seed is None else seed
-    art = Artifact(run_dir, name, cfg, p.data, p.vae, p.sdiv, p.families, seed)
+    art = method_artifact(run_dir, name, p, cfg, resolved_name(cfg.distance), seed)
     if art.done and not force:
         return art.path
     acc = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
@@ -547,7 +570,8 @@ def scaled_k(k_of_50: int, n_steps: int) -> int:
 
 def ablation_variants(p) -> dict[str, dict[str, CraftConfig]]:
     """The CRAFT variants of paper Tables 2, 5 and 6 and of the lambda / m / delta sweeps: each the profile's
-    CraftConfig with one change (so the full-model rows are the same fitted model as notebook 03's CRAFT)."""
+    CraftConfig with one change (so the full-model rows are the same fitted model as notebook 03's CRAFT); Table 5's
+    'w/o fine-tune' row is the Table 2 baseline, as in the paper."""
     c, a = p.craft, p.ablation
     frozen = dict(train_encoder=False, train_unet=False, train_decoder=False)
     table2 = {"baseline (no fine-tune)": replace(c, perturb=False, **frozen),
@@ -555,12 +579,13 @@ def ablation_variants(p) -> dict[str, dict[str, CraftConfig]]:
     for on in (False, True):
         for loss in ("l1", "l2", "cr"):
             table2[f"{loss.upper()} + CE{' + perturbation' if on else ''}"] = replace(c, loss=loss, perturb=on)
-    table5 = {}
+    table5 = {"w/o fine-tune": table2["baseline (no fine-tune)"]}   # as the paper's: its Table 2 baseline
     for enc in (False, True):
         for unet in (False, True):
             for dec in (False, True):
-                name = " + ".join(n for n, on in (("encoder", enc), ("UNet", unet), ("decoder", dec)) if on)
-                table5[name or "none"] = replace(c, train_encoder=enc, train_unet=unet, train_decoder=dec)
+                if enc or unet or dec:
+                    name = " + ".join(n for n, on in (("encoder", enc), ("UNet", unet), ("decoder", dec)) if on)
+                    table5[name] = replace(c, train_encoder=enc, train_unet=unet, train_decoder=dec)
     ks = sorted({scaled_k(k, c.n_steps) for k in a.k_of_50})
     return {"table2": table2, "table5": table5,
             "table6": {f"k={k} of {c.n_steps}": replace(c, k=k) for k in ks},
@@ -581,7 +606,8 @@ class CraftDetector(Detector):
         self.cfg, self.model = p.craft, None
 
     def config(self):
-        return self.cfg
+        return {"craft": asdict(self.cfg), "distance": resolved_name(self.cfg.distance),
+                "backbone": content_key(self._backbone())}
 
     def _backbone(self):
         from .benchmark import build_benchmark

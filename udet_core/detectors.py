@@ -40,7 +40,8 @@ class Detector:
         self.p, self.run_dir = p, Path(run_dir)
 
     def config(self):
-        """The config that determines this detector (part of its artifact key)."""
+        """What determines this detector besides the benchmark (part of its artifact key): its config, and the
+        content keys of any backbone it reads and the resolved names of any distance it uses."""
         return None
 
     def fit(self, images: np.ndarray, df: pd.DataFrame, *, seed: int, out_dir: Path, progress: bool = False) -> dict:
@@ -78,9 +79,11 @@ def detector_class(name: str) -> type:
     return DETECTORS[name]
 
 
-def rows_key(df: pd.DataFrame) -> str:
-    """A short hash of which manifest rows a detector was fitted on (part of its artifact key)."""
-    return hashlib.sha256("\n".join(df["path"].astype(str)).encode()).hexdigest()[:10]
+def rows_key(df: pd.DataFrame, images: np.ndarray) -> str:
+    """Which rows a detector was fitted on, by content (part of its artifact key): the images' bytes and every
+    manifest column but the path, so a run directory moved or copied elsewhere keeps its cached detectors."""
+    table = df.drop(columns="path").to_csv(index=False).encode()
+    return hashlib.sha256(array_key(images).encode() + table).hexdigest()[:10]
 
 
 def cached_scores(det: Detector, images: np.ndarray, progress: bool = False) -> np.ndarray:
@@ -117,13 +120,13 @@ def fitted(name: str, p, run_dir, images: np.ndarray, df: pd.DataFrame, *, seed:
            val_mask=None, progress: bool = False, force: bool = False) -> Detector:
     """The detector `name` fitted on the train rows (default: split == train) with this seed, its threshold
     calibrated on the val rows (default: split == val); cached under `<run_dir>/artifacts/det-<name>-<hash>`."""
-    from .benchmark import benchmark_configs
+    from .benchmark import method_artifact
     cls = detector_class(name)
     train_mask = (df["split"] == "train").to_numpy() if train_mask is None else np.asarray(train_mask)
     val_mask = (df["split"] == "val").to_numpy() if val_mask is None else np.asarray(val_mask)
     det = cls(p, run_dir)
-    art = Artifact(run_dir, f"det-{name}", det.config(), *benchmark_configs(p), seed, rows_key(df[train_mask]),
-                   rows_key(df[val_mask]))
+    art = method_artifact(run_dir, f"det-{name}", p, det.config(), seed, rows_key(df[train_mask], images[train_mask]),
+                          rows_key(df[val_mask], images[val_mask]))
     if art.done and not force:
         det = cls.load(art.path, p, run_dir)
         meta = json.loads((art.path / "detector.json").read_text())

@@ -107,9 +107,9 @@ def fitted_diga(p, run_dir, images: np.ndarray, df: pd.DataFrame, *, seed: int, 
     split; cached under `<run_dir>/artifacts/diga-<hash>` (keyed by the DIGA config and the teacher)."""
     from .detectors import fitted
     from .metrics import calibrate_threshold
-    from .runs import Artifact
+    from .benchmark import method_artifact
     teacher = fitted("unigendet", p, run_dir, images, df, seed=seed, progress=progress)
-    art = Artifact(run_dir, "diga", p.diga, teacher.folder.name, seed)
+    art = method_artifact(run_dir, "diga", p, p.diga, teacher.folder.name, seed)
     if art.done and not force:
         return UniGenDet.load(art.path), json.loads((art.path / "unigendet.json").read_text()).get("history", [])
     out = art.begin()
@@ -142,11 +142,11 @@ def feature_extractor(p, run_dir, progress: bool = False):
             with torch.no_grad():
                 return torch.cat([net((b - mean) / std) for b in x.split(64)]).numpy()
         return "Inception-v3 (ImageNet weights)", inception
-    art = Artifact(run_dir, "featnet", p.data.resolution, p.geneval.featnet_steps, p.seed)
+    art = Artifact(run_dir, "featnet", p.data.resolution, p.geneval.featnet_steps, p.geneval.feature_dim, p.seed)
     if not art.done:
         out = art.begin()
         net, history = train_featnet(p.data.resolution, p.geneval.featnet_steps, seed=p.seed, out_dir=out,
-                                     progress=progress)
+                                     progress=progress, feature_dim=p.geneval.feature_dim)
         save_featnet(net, out)
         atomic_write_json(out / "history.json", history)
         art.commit(seed=p.seed)
@@ -185,6 +185,7 @@ def generation_metrics(models: dict, p, run_dir, images: np.ndarray, df: pd.Data
         for name, det in judges.items():
             row[f"judged real by {name}"] = judged_real_share(det.score(gen), det.threshold)
         rows.append(row)
-    info = {"features": feat_name, "diversity_distance": lpips.name, "n_samples": g.n_samples,
+    info = {"features": feat_name, "feature_dim": real_feats.shape[1], "diversity_distance": lpips.name,
+            "n_samples": g.n_samples,
             "reference": "fresh crops of the training photos", "judges": list(g.judges)}
     return pd.DataFrame(rows), {"samples": samples, "reference": crops, "prompts": prompts, "info": info}

@@ -25,6 +25,15 @@ def mse_distance(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     return ((x - x_hat) ** 2).flatten(1).mean(1)
 
 
+def resolved_name(name: str) -> str:
+    """The distance `name` resolves to on this machine, by its honest name (LPIPS says '-random' when the ImageNet
+    backbone is not in the torch hub cache); computed without building the network."""
+    if name.startswith("lpips-"):
+        net = name.split("-")[1]
+        return f"lpips-{net}" + ("" if imagenet_weights_cached(net) else "-random")
+    return name
+
+
 class LPIPSDistance(nn.Module):
     """lpips.LPIPS (spatial average); ImageNet backbone if cached locally, else random (labelled)."""
 
@@ -32,7 +41,7 @@ class LPIPSDistance(nn.Module):
         super().__init__()
         import lpips
         self.pretrained_backbone = imagenet_weights_cached(net)
-        self.name = f"lpips-{net}" + ("" if self.pretrained_backbone else "-random")
+        self.name = resolved_name(f"lpips-{net}")
         # a random backbone must be the same network in every run, without touching the caller's random state
         with torch.random.fork_rng(), warnings.catch_warnings():
             torch.manual_seed(0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import balanced_accuracy_score
 
 from .data import perturb
 from .data.sources import content_domain
@@ -15,7 +16,7 @@ from .detectors import cached_scores, fitted, scoring_cost
 from .metrics import mean_std_table, per_family_table, summary
 from .progress import tqdm
 
-METRICS = ["acc", "AP", "AUC", "TPR@5%FPR", "real_acc", "fake_acc"]
+METRICS = ["bacc", "AP", "AUC", "TPR@5%FPR", "real_acc", "fake_acc"]
 
 
 def load_benchmark(p, run_dir):
@@ -81,7 +82,7 @@ def ablation(variants: dict, run_dir, images, df, seeds, detector: str = "craft"
                 rows.append({"variant": variant, "seed": seed, "subset": subset, "fit_s": det.fit_s,
                              **summary(y_test[m], s[m], det.threshold)})
     long = pd.DataFrame(rows)
-    summ = mean_std_table(long, ["variant", "subset"], ["acc", "AP", "AUC", "real_acc", "fake_acc"])
+    summ = mean_std_table(long, ["variant", "subset"], ["bacc", "AP", "AUC", "real_acc", "fake_acc"])
     fit = long.groupby(["variant", "subset"], sort=False)["fit_s"].mean().round(1).reset_index()
     return summ.merge(fit, on=["variant", "subset"]), long
 
@@ -92,7 +93,7 @@ def seed_stats(long, metric: str, subset: str) -> tuple[pd.Series, pd.Series]:
     return g.mean(), g.std(ddof=1).fillna(0.0)
 
 
-def ordering_claim(long, claim: str, higher, lower, metric: str = "acc", subset: str = "all test") -> dict:
+def ordering_claim(long, claim: str, higher, lower, metric: str = "bacc", subset: str = "all test") -> dict:
     """Does every variant in `higher` beat every variant in `lower` on `metric` (mean over seeds)? Also says
     whether the smallest gap exceeds the sum of the two variants' seed standard deviations."""
     mean, std = seed_stats(long, metric, subset)
@@ -104,7 +105,7 @@ def ordering_claim(long, claim: str, higher, lower, metric: str = "acc", subset:
             "agrees": bool(gap > 0), "beyond_seed_spread": bool(gap > std[h] + std[lo])}
 
 
-def chance_claim(long, claim: str, variant: str, metric: str = "acc", subset: str = "all test",
+def chance_claim(long, claim: str, variant: str, metric: str = "bacc", subset: str = "all test",
                  tol: float = 0.1) -> dict:
     """Is `variant` within `tol` of chance (0.5) on `metric` (mean over seeds)?"""
     mean, std = seed_stats(long, metric, subset)
@@ -113,12 +114,12 @@ def chance_claim(long, claim: str, variant: str, metric: str = "acc", subset: st
             "agrees": bool(abs(m - 0.5) <= tol), "beyond_seed_spread": bool(abs(m - 0.5) + sd <= tol)}
 
 
-def best_claim(long, claim: str, variant: str, metric: str = "acc", subset: str = "all test") -> dict:
+def best_claim(long, claim: str, variant: str, metric: str = "bacc", subset: str = "all test") -> dict:
     """Is `variant` the best of the table on `metric` (mean over seeds)?"""
     return ordering_claim(long, claim, [variant], [v for v in long["variant"].unique() if v != variant], metric, subset)
 
 
-def effect_claim(long, table: str, metric: str = "acc", subset: str = "all test", min_gap: float = 0.01) -> dict:
+def effect_claim(long, table: str, metric: str = "bacc", subset: str = "all test", min_gap: float = 0.01) -> dict:
     """Does `table` show a measurable effect: do two variants' means (over seeds) differ by more than the sum of
     their seed standard deviations, and by at least `min_gap`? Reports the pair whose gap exceeds its spread most."""
     mean, std = seed_stats(long, metric, subset)
@@ -138,7 +139,7 @@ def cross_domain(p, run_dir, images, df, detectors=None, seeds=None, progress: b
     """CRAFT Table 1 analogue: fit on one content domain (train + val rows of that domain), test on each.
 
     Only images with a content domain take part: reals and the families made from real crops (their `source`
-    names a photo); unconditional samples have no content domain. Returns (matrix of 'acc mean ± std' with
+    names a photo); unconditional samples have no content domain. Returns (matrix of 'bacc mean ± std' with
     rows detector x train domain and one column per test domain, long table).
     """
     detectors, seeds = detectors or p.eval.cross_domain_detectors, seeds or p.eval.seeds
@@ -158,14 +159,14 @@ def cross_domain(p, run_dir, images, df, detectors=None, seeds=None, progress: b
                     rows.append({"detector": name, "train_domain": train_dom, "test_domain": test_dom, "seed": seed,
                                  **summary(y, cached_scores(det, images[m]), det.threshold)})
     long = pd.DataFrame(rows)
-    cells = mean_std_table(long, ["detector", "train_domain", "test_domain"], ["acc", "AP"])
-    matrix = cells.pivot(index=["detector", "train_domain"], columns="test_domain", values="acc")
-    matrix.columns = [f"acc on {c}" for c in matrix.columns]
+    cells = mean_std_table(long, ["detector", "train_domain", "test_domain"], ["bacc", "AP"])
+    matrix = cells.pivot(index=["detector", "train_domain"], columns="test_domain", values="bacc")
+    matrix.columns = [f"bacc on {c}" for c in matrix.columns]
     return matrix.reset_index(), long
 
 
 def robustness_conditions(p) -> list[dict]:
-    """JPEG quality x centre-crop ratio (CRAFT appendix Tables B/C), then Gaussian blur alone."""
+    """JPEG quality x centre-crop ratio (UniGenDet appendix Tables B/C), then Gaussian blur alone."""
     e = p.eval
     conds = [{"jpeg_quality": q, "crop_ratio": r, "blur_sigma": 0.0} for q in e.jpeg_qualities for r in e.crop_ratios]
     return conds + [{"jpeg_quality": None, "crop_ratio": 1.0, "blur_sigma": s} for s in e.blur_sigmas]
@@ -184,7 +185,7 @@ def balanced_test_sample(df, n_per_class: int, seed: int = 0) -> np.ndarray:
 def robustness(p, run_dir, images, df, detectors=None, seeds=None, progress: bool = False):
     """Scores of both classes under each post-processing condition, at the clean validation threshold.
 
-    Returns (summary: mean ± std of acc and AP per detector and condition, long table)."""
+    Returns (summary: mean ± std of bacc and AP per detector and condition, long table)."""
     detectors, seeds = detectors or p.eval.detectors, seeds or p.eval.seeds
     idx = balanced_test_sample(df, p.eval.robustness_per_class)
     y = df["label"].to_numpy()[idx]
@@ -200,7 +201,7 @@ def robustness(p, run_dir, images, df, detectors=None, seeds=None, progress: boo
                              "crop_ratio": c["crop_ratio"], "blur_sigma": c["blur_sigma"],
                              **summary(y, s, det.threshold)})
     long = pd.DataFrame(rows)
-    summ = mean_std_table(long, ["detector", "jpeg_quality", "crop_ratio", "blur_sigma"], ["acc", "AP"])
+    summ = mean_std_table(long, ["detector", "jpeg_quality", "crop_ratio", "blur_sigma"], ["bacc", "AP"])
     return summ, long
 
 
@@ -226,7 +227,7 @@ def format_bias(p, run_dir, images, df, detectors=None, seeds=None, progress: bo
                          "flipped_fake": flip[y == 1].mean(),
                          "real_called_fake_png": d_png[y == 0].mean(), "real_called_fake_jpeg": d_jpg[y == 0].mean(),
                          "fake_called_fake_png": d_png[y == 1].mean(), "fake_called_fake_jpeg": d_jpg[y == 1].mean(),
-                         "acc_png": (d_png == y).mean(), "acc_jpeg": (d_jpg == y).mean(),
+                         "bacc_png": balanced_accuracy_score(y, d_png), "bacc_jpeg": balanced_accuracy_score(y, d_jpg),
                          "score_shift_in_sd": float((s_jpg - s_png).mean() / max(s_png.std(), 1e-12))})
     long = pd.DataFrame(rows)
     metrics = [c for c in long.columns if c not in ("detector", "seed")]

@@ -161,6 +161,7 @@ class UniGenDet:
         cache = [{} for _ in self.model.layers]
         out = self.detection_prefix(x, cache)
         prob, logits, pos = out["cls_logits"].softmax(-1)[:, 1], out["lm_logits"][:, -1], out["positions"][:, -1]
+        visible = out["visible"]
         eos, ans, done = self.tokenizer.eos_token_id, [], torch.zeros(len(x), dtype=torch.bool)
         for _ in range(max_new):
             nxt = logits.argmax(-1).masked_fill(done, self.pad_id)
@@ -169,7 +170,7 @@ class UniGenDet:
             if done.all():
                 break
             pos = pos + 1
-            logits = self.model.decode_step(nxt, pos, cache)
+            logits, visible = self.model.decode_step(nxt, pos, cache, visible)
         return prob, torch.stack(ans, 1)
 
     @torch.no_grad()
@@ -230,6 +231,14 @@ class UniGenDet:
                  AutoencoderKL.from_pretrained(str(folder / "vae")))
         ug.threshold = meta["threshold"]
         return ug
+
+
+def generation_only(cfg: GdufConfig) -> GdufConfig:
+    """The 'base' generator of paper Table 4: the same model trained on generation alone, on as many generation
+    samples as GDUF gives its generation rows (steps x gen_ratio / (1 + gen_ratio) batches), so the stages compare
+    at equal generation training."""
+    share = cfg.gen_ratio / (1 + cfg.gen_ratio)
+    return replace(cfg, w_cls=0.0, w_exp=0.0, steps=max(1, round(cfg.steps * share)))
 
 
 def mixed_task_accelerator():
@@ -311,8 +320,8 @@ def cached_answers(det: UniGenDetDetector, images: np.ndarray, progress: bool = 
 
 
 def explanation_eval(det: UniGenDetDetector, images: np.ndarray, df: pd.DataFrame, progress: bool = False):
-    """Paper Table 1/6 metrics of a fitted UniGenDet on the test split, one row per summary subset: Acc, F1,
-    ROUGE-L, CSS of the answers (and how many could not be parsed), beside the head's acc/AP/AUC at the
+    """Paper Table 1/6 metrics of a fitted UniGenDet on the test split, one row per summary subset: bAcc, F1,
+    ROUGE-L, CSS of the answers (and how many could not be parsed), beside the head's bacc/AP/AUC at the
     validation threshold. Returns (rows, the answers with their test rows)."""
     from .evaluation import summary_subsets
     from .metrics import explanation_metrics, summary
@@ -324,5 +333,5 @@ def explanation_eval(det: UniGenDetDetector, images: np.ndarray, df: pd.DataFram
         y = test["label"].to_numpy()[m]
         head = summary(y, out["prob_fake"].to_numpy()[m], det.threshold)
         rows.append({"subset": subset, **explanation_metrics(y, list(test["explanation"][m]), list(out["explanation"][m])),
-                     "head_acc": head["acc"], "head_AP": head["AP"], "head_AUC": head["AUC"]})
+                     "head_bacc": head["bacc"], "head_AP": head["AP"], "head_AUC": head["AUC"]})
     return pd.DataFrame(rows), pd.concat([test, out.add_prefix("pred_")], axis=1)

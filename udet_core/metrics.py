@@ -35,12 +35,14 @@ def per_family_table(df: pd.DataFrame, scores, split: str = "test", threshold: f
 
 
 def summary(labels, scores, threshold: float) -> dict:
-    """Accuracy (and per class) at `threshold`, plus threshold-free AP, AUC and TPR at 5 % FPR."""
+    """Balanced accuracy (the mean of the real and the fake accuracy, so chance is 0.5 on any class mix) and the
+    per-class accuracies at `threshold`, plus threshold-free AP, AUC and TPR at 5 % FPR."""
     y, s = np.asarray(labels), np.asarray(scores, dtype=float)
     pred = s >= threshold
-    return {"n": len(y), "acc": float((pred == y).mean()), "real_acc": float((~pred[y == 0]).mean()),
-            "fake_acc": float(pred[y == 1].mean()), "AP": float(average_precision_score(y, s)),
-            "AUC": float(roc_auc_score(y, s)), "TPR@5%FPR": tpr_at_fpr(y, s)}
+    real_acc, fake_acc = float((~pred[y == 0]).mean()), float(pred[y == 1].mean())
+    return {"n": len(y), "n_real": int((y == 0).sum()), "bacc": 0.5 * (real_acc + fake_acc), "real_acc": real_acc,
+            "fake_acc": fake_acc, "AP": float(average_precision_score(y, s)), "AUC": float(roc_auc_score(y, s)),
+            "TPR@5%FPR": tpr_at_fpr(y, s)}
 
 
 def calibrate_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -105,15 +107,15 @@ def css(reference: str, prediction: str) -> float:
 
 
 def explanation_metrics(labels, references, predictions) -> dict:
-    """Acc / F1 of the verdicts parsed from the answers (1 = fake is the positive class), ROUGE-L and CSS of the
-    answers against the reference explanations, on the answers whose verdict parses (as the official evaluation;
-    `unparsed` counts the others)."""
-    from sklearn.metrics import accuracy_score, f1_score
+    """bAcc (balanced accuracy) / F1 of the verdicts parsed from the answers (1 = fake is the positive class),
+    ROUGE-L and CSS of the answers against the reference explanations, on the answers whose verdict parses (as the
+    official evaluation; `unparsed` counts the others). The paper reports plain accuracy on balanced sets."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
     verdicts = [parse_verdict(p) for p in predictions]
     ok = [i for i, v in enumerate(verdicts) if v is not None]
     y, v = np.asarray(labels)[ok], np.asarray([verdicts[i] for i in ok])
     return {"n": len(labels), "unparsed": len(labels) - len(ok),
-            "Acc": float(accuracy_score(y, v)) if ok else float("nan"),
+            "bAcc": float(balanced_accuracy_score(y, v)) if ok else float("nan"),
             "F1": float(f1_score(y, v, zero_division=0)) if ok else float("nan"),
             "ROUGE-L": float(np.mean([rouge_l(references[i], predictions[i]) for i in ok])) if ok else float("nan"),
             "CSS": float(np.mean([css(references[i], predictions[i]) for i in ok])) if ok else float("nan")}
@@ -123,8 +125,13 @@ def explanation_metrics(labels, references, predictions) -> dict:
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """The FID formula (Heusel et al. 2017) on two feature sets (N, D): ||mu_a - mu_b||^2 +
-    Tr(S_a + S_b - 2 (S_a S_b)^(1/2)). 'FID' proper only with Inception features; tables name the features."""
+    Tr(S_a + S_b - 2 (S_a S_b)^(1/2)). 'FID' proper only with Inception features; tables name the features and the
+    sample count (the estimate is biased by N: numbers compare only at equal counts). Needs N > D on both sides, or
+    the covariances are rank-deficient."""
     from scipy import linalg
+    if min(len(a), len(b)) <= a.shape[1]:
+        raise ValueError(f"frechet_distance: {min(len(a), len(b))} samples for {a.shape[1]}-d features leave the "
+                         f"covariances rank-deficient; use more samples or fewer feature dimensions")
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     covmean = linalg.sqrtm(s_a @ s_b)

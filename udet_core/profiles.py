@@ -101,7 +101,6 @@ class CraftConfig:
     k: int = 3                     # last sampling steps that are fine-tuned (paper: 15)
     lam: float = 2.0               # perturbation strength lambda (eq. 4)
     tau_scale: float = 1.5         # norm bound tau = tau_scale * sqrt(latent dim) (eq. 11)
-    ema_decay: float = 0.99        # real-centre EMA (eq. 2)
     perturb: bool = True
     loss: str = "cr"               # cr | l1 | l2 (Table 2)
     m: float = 0.15                # CR margin (eq. 6), in units of `distance` (paper: 0.4 with ImageNet LPIPS)
@@ -200,7 +199,8 @@ class GdufConfig:
     fine-tuning rates of the paper (which starts from BAGEL's pretrained weights)."""
     model: UnifiedConfig = UnifiedConfig()
     smsa: bool = True                 # False: the "w/o SMSA" ablation (text and ViT tokens do not see VAE latents)
-    gen_ratio: float = 0.2            # generation samples per detection sample (official config about 1:5); 0 = w/o generation
+    gen_ratio: float = 1.0            # generation samples per detection sample: paper §4.1 1:1 (official config 1:5,
+                                      # i.e. 0.2); 0 = w/o generation
     w_cls: float = 1.0                # eq. 9 weights (paper: all 1; the official code weighs the head 0.2)
     w_exp: float = 1.0
     w_gen: float = 1.0
@@ -236,6 +236,7 @@ class GenEvalConfig:
     per_prompt: int = 8               # samples per prompt (paper Table D: 16)
     judges: tuple[str, ...] = ("cnnspot", "aeroblade")   # frozen detectors that judge realism
     featnet_steps: int = 150          # training steps of the substitute feature network (when Inception is absent)
+    feature_dim: int = 32             # its feature size, below n_samples (full-rank covariances; Inception: 2048)
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,15 @@ class EvalConfig:
     blur_sigmas: tuple[float, ...] = (1.0,)
     robustness_per_class: int = 24          # test images per class in the robustness sweep
     format_jpeg_quality: int = 95
+
+
+@dataclass(frozen=True)
+class UpsamplerAblationConfig:
+    """Notebook 05's decoder-upsampler ablation (paper §4.3): the copy of the VAE whose decoder upsamples with
+    transposed convolutions is trained on real crops (encoder frozen) before CRAFT fine-tunes it."""
+    steps: int = 150                  # decoder training steps (the benchmark's VAE: VAEConfig.steps)
+    batch_size: int = 32
+    lr: float = 1e-3
 
 
 @dataclass(frozen=True)
@@ -271,6 +281,7 @@ class Profile:
     diga: DigaConfig = DigaConfig()
     geneval: GenEvalConfig = GenEvalConfig()
     eval: EvalConfig = EvalConfig()
+    upsampler: UpsamplerAblationConfig = UpsamplerAblationConfig()
 
 
 def _tiny() -> Profile:
@@ -294,10 +305,11 @@ def _tiny() -> Profile:
                                             vit_intermediate_size=32, vit_patch_size=8),
                         steps=4, batch_size=8, gen_steps=3, eval_batch_size=16, max_answer_tokens=24),
         diga=DigaConfig(student_layer=1, steps=4, batch_size=8),
-        geneval=GenEvalConfig(n_samples=16, n_prompts=2, per_prompt=4, featnet_steps=4),
+        geneval=GenEvalConfig(n_samples=16, n_prompts=2, per_prompt=4, featnet_steps=4, feature_dim=8),
         eval=EvalConfig(seeds=(0, 1), jpeg_qualities=(None, 50), crop_ratios=(1.0, 0.5), blur_sigmas=(1.0,),
                         robustness_per_class=4),
         ablation=AblationConfig(k_of_50=(15, 50), lams=(2.0,), margins=(0.15,), deltas=(0.15,)),
+        upsampler=UpsamplerAblationConfig(steps=4, batch_size=8),
     )
 
 
@@ -324,7 +336,7 @@ def _paper() -> Profile:
                                             vit_intermediate_size=1536, vit_patch_size=16),
                         steps=20000, batch_size=64, lr=3e-4, gen_steps=50),
         diga=DigaConfig(student_layer=4, steps=10000, batch_size=64, lr=1e-4),
-        geneval=GenEvalConfig(n_samples=2048, n_prompts=32, per_prompt=16, featnet_steps=5000),
+        geneval=GenEvalConfig(n_samples=5000, n_prompts=32, per_prompt=16, featnet_steps=5000),
         eval=EvalConfig(seeds=(0, 1, 2, 3, 4), jpeg_qualities=(None, 90, 70, 50), crop_ratios=(1.0, 0.9, 0.7, 0.5),
                         blur_sigmas=(0.5, 1.0, 2.0), robustness_per_class=500,
                         cross_domain_detectors=("craft", "dire", "aeroblade", "cnnspot")),

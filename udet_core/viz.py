@@ -80,7 +80,7 @@ def curves(histories: dict, keys, title: str | None = None, smooth: int = 10):
     return fig
 
 
-def robustness_figure(long, detector: str, metric: str = "acc", note: str = "synthetic stand-in data"):
+def robustness_figure(long, detector: str, metric: str = "bacc", note: str = "synthetic stand-in data"):
     """One detector's robustness: `metric` (mean over seeds) over JPEG quality x centre-crop ratio, and
     against Gaussian blur (sigma 0 = clean), from the long table of `evaluation.robustness`."""
     d = long[long["detector"] == detector]

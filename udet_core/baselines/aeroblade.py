@@ -46,15 +46,19 @@ class Aeroblade(Detector):
         self.lpips = LPIPSDistance("vgg")
 
     def config(self):
-        return {**config_dict(self.cfg), "distance": self.lpips.name}
+        from ..runs import content_key
+        return {**config_dict(self.cfg), "distance": self.lpips.name,
+                "autoencoders": [content_key(q) for q in self.autoencoder_paths()]}
+
+    def autoencoder_paths(self) -> list:
+        from ..benchmark import build_benchmark
+        return [build_benchmark(self.p, self.run_dir, progress=False).generators.vae_path, *self.cfg.extra_autoencoders]
 
     def autoencoders(self):
         if self._vaes is None:
             from diffusers import AutoencoderKL
-            from ..benchmark import build_benchmark
-            paths = [build_benchmark(self.p, self.run_dir, progress=False).generators.vae_path,
-                     *self.cfg.extra_autoencoders]
-            self._vaes = [AutoencoderKL.from_pretrained(str(q)).eval().requires_grad_(False) for q in paths]
+            self._vaes = [AutoencoderKL.from_pretrained(str(q)).eval().requires_grad_(False)
+                          for q in self.autoencoder_paths()]
         return self._vaes
 
     def score(self, images, *, progress=False):

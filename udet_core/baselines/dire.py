@@ -7,13 +7,14 @@ image's CLIP embedding, as CRAFT uses), and the classifier is the small ResNet s
 """
 from __future__ import annotations
 
-import hashlib
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..detectors import Detector, register
+from ..profiles import config_hash
 from ..progress import tqdm
 from .cnnspot import classifier_scores, load_classifier, save_classifier, train_classifier
 
@@ -31,8 +32,9 @@ def dire_reconstruct(backbone, x: torch.Tensor, n_steps: int) -> torch.Tensor:
 
 
 def dire_image(x: torch.Tensor, x_hat: torch.Tensor) -> np.ndarray:
-    """DIRE(x) = |x - x_hat| in 8-bit pixel units (uint8 NHWC), as the official code stores it."""
-    d = ((x - x_hat).abs() * 127.5).round().clamp(0, 255).to(torch.uint8)
+    """DIRE(x) = |x - x_hat| in 8-bit pixel units (uint8 NHWC), the reconstruction clamped to the image range first,
+    as the official code does."""
+    d = ((x - x_hat.clamp(-1, 1)).abs() * 127.5).round().clamp(0, 255).to(torch.uint8)
     return d.permute(0, 2, 3, 1).numpy()
 
 
@@ -45,25 +47,29 @@ class Dire(Detector):
         self.cfg, self.net, self._backbone = p.dire, None, None
 
     def config(self):
-        return self.cfg
+        from ..runs import content_key
+        return {"dire": asdict(self.cfg), "backbone": content_key(self.backbone_folder())}
+
+    def backbone_folder(self) -> Path:
+        from ..benchmark import build_benchmark
+        return build_benchmark(self.p, self.run_dir, progress=False).generators.image_variation_path
 
     def backbone(self):
         if self._backbone is None:
-            from ..benchmark import build_benchmark
             from ..models.backbones import load_image_variation
-            self.backbone_path = build_benchmark(self.p, self.run_dir, progress=False).generators.image_variation_path
-            self._backbone = load_image_variation(self.backbone_path)
+            self._backbone = load_image_variation(self.backbone_folder())
             for m in (self._backbone.vae, self._backbone.image_encoder, self._backbone.unet):
                 m.eval().requires_grad_(False)
         return self._backbone
 
     def dire_images(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
-        """DIRE images of uint8 images, read from / written to a cache file keyed by the images' bytes."""
+        """DIRE images of uint8 images, read from / written to a cache file keyed by the images' bytes, the
+        backbone's content and the step count."""
         from safetensors.torch import load_file, save
         from ..data.images import to_tensor
-        from ..runs import atomic_write_bytes
+        from ..runs import array_key, atomic_write_bytes, content_key
         bb = self.backbone()
-        key = hashlib.sha256(images.tobytes() + f"{self.backbone_path}|{self.cfg.n_steps}".encode()).hexdigest()[:16]
+        key = config_hash("clamped", array_key(images), content_key(self.backbone_folder()), self.cfg.n_steps)
         cache = self.run_dir / "artifacts" / "dire-cache" / f"{key}.safetensors"
         if self.use_cache and cache.is_file():
             return load_file(str(cache))["dire"].numpy()

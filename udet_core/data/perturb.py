@@ -1,4 +1,4 @@
-"""Post-processing perturbations for robustness sweeps (CRAFT appendix Tables B/C). uint8 RGB in, uint8 RGB out."""
+"""Post-processing perturbations for robustness sweeps (UniGenDet appendix Tables B/C). uint8 RGB in, uint8 RGB out."""
 from __future__ import annotations
 
 import io

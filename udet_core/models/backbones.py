@@ -62,6 +62,14 @@ def build_ddim(num_train_timesteps: int, latent: bool = True):
                          set_alpha_to_one=True, steps_offset=0)
 
 
+def ddim_from_config(config):
+    """A DDIM scheduler from another scheduler's config (the real checkpoint ships a PNDM one). DDIMScheduler's own
+    default `clip_sample=True` would clip x0 predictions of latents to [-1, 1]; Stable Diffusion never clips, so
+    `clip_sample` is pinned to False where the source config does not set it."""
+    from diffusers import DDIMScheduler
+    return DDIMScheduler.from_config(config, **({} if "clip_sample" in config else {"clip_sample": False}))
+
+
 def build_pixel_unet(cfg: PixelDiffusionConfig, resolution: int):
     from diffusers import UNet2DModel
     n = len(cfg.block_out_channels)
@@ -129,8 +137,7 @@ def load_image_variation(path) -> ImageVariation:
         raise DataError(path, "not a diffusers pipeline folder (model_index.json missing)")
     pipe = StableDiffusionImageVariationPipeline.from_pretrained(str(path), safety_checker=None,
                                                                  requires_safety_checker=False)
-    scheduler = pipe.scheduler if isinstance(pipe.scheduler, DDIMScheduler) else DDIMScheduler.from_config(
-        pipe.scheduler.config)
+    scheduler = pipe.scheduler if isinstance(pipe.scheduler, DDIMScheduler) else ddim_from_config(pipe.scheduler.config)
     return ImageVariation(pipe.vae.eval(), pipe.image_encoder.eval(), pipe.unet.eval(), scheduler,
                           pipe.feature_extractor)
 

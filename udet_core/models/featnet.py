@@ -15,30 +15,32 @@ INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"   # torchvision's ImageNet I
 
 
 class FeatureNet(nn.Module):
-    """conv(32)-conv(64)-conv(128) with stride-2 downsampling, global average pool -> 128-d features, linear head."""
+    """conv(32)-conv(64)-conv(128) with stride-2 downsampling, global average pool, a linear projection to
+    `feature_dim` features (kept below the sample counts of FID-style distances, whose covariances must be full
+    rank), linear head."""
 
-    def __init__(self, n_classes: int, width: int = 32):
+    def __init__(self, n_classes: int, width: int = 32, feature_dim: int = 32):
         super().__init__()
         layers, c = [], 3
         for w in (width, 2 * width, 4 * width):
             layers += [nn.Conv2d(c, w, 3, 2, 1), nn.GroupNorm(8, w), nn.SiLU(), nn.Conv2d(w, w, 3, 1, 1), nn.SiLU()]
             c = w
-        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(c, n_classes)
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, feature_dim))
+        self.head = nn.Linear(feature_dim, n_classes)
 
     def forward(self, x):
         return self.head(self.body(x))
 
     @torch.no_grad()
     def features(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """uint8 (N, H, W, 3) -> (N, 128) features."""
+        """uint8 (N, H, W, 3) -> (N, feature_dim) features."""
         from ..data.images import to_tensor
         self.eval()
         return torch.cat([self.body(b) for b in to_tensor(images).split(batch_size)]).numpy()
 
 
 def train_featnet(resolution: int, steps: int, seed: int = 0, n_crops: int = 4096, out_dir=None,
-                  progress: bool = False) -> tuple[FeatureNet, list[dict]]:
+                  progress: bool = False, feature_dim: int = 32) -> tuple[FeatureNet, list[dict]]:
     """Train the feature network on random multi-scale crops of every bundled photograph (source classification)."""
     import torch.nn.functional as F
     from ..data.images import to_tensor
@@ -48,7 +50,7 @@ def train_featnet(resolution: int, steps: int, seed: int = 0, n_crops: int = 409
     crops, meta = random_crops(names, n_crops, resolution, (0.12, 0.25, 0.5, 1.0), np.random.default_rng([seed, 7]))
     y = torch.tensor([names.index(m["source"]) for m in meta])
     torch.manual_seed(seed)
-    net = FeatureNet(len(names))
+    net = FeatureNet(len(names), feature_dim=feature_dim)
     obj = Objective("featnet", lambda m, b: F.cross_entropy(m["net"](b[0]), b[1]), [{"params": net.parameters()}],
                     lr=2e-3)
     history = fit({"net": net}, [obj], (to_tensor(crops), y), steps=steps, batch_size=64, seed=seed, out_dir=out_dir,
@@ -64,6 +66,7 @@ def save_featnet(net: FeatureNet, folder) -> None:
 def load_featnet(folder) -> FeatureNet:
     from safetensors.torch import load_file
     from ..data.sources import PHOTOS
-    net = FeatureNet(len(PHOTOS))
-    net.load_state_dict(load_file(str(Path(folder) / "featnet.safetensors")))
+    state = load_file(str(Path(folder) / "featnet.safetensors"))
+    net = FeatureNet(len(PHOTOS), feature_dim=state["head.weight"].shape[1])
+    net.load_state_dict(state)
     return net.eval()

@@ -262,16 +262,19 @@ class UnifiedModel(nn.Module):
         h, hidden = self.transformer(torch.cat([vae, vit, txt], 1), is_gen, mask, pos, hidden_layers, cache)
         i0 = vae.shape[1] + vit.shape[1] + instruction.shape[1]
         return {"cls_logits": self.det_head(h[:, i0]), "lm_logits": self.lm_head(h[:, i0:]), "states": h,
-                "hidden": hidden, "positions": pos}
+                "hidden": hidden, "positions": pos, "visible": mask[:, -1]}
 
-    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, cache: list) -> torch.Tensor:
-        """One more answer token per sample (understanding expert; it sees every cached token, as an answer token
-        sees everything before it). Returns the LM logits for the token after it (B, vocab)."""
-        B, T = len(tokens), cache[0]["k"].shape[2] + 1
-        mask = torch.ones(B, 1, T, dtype=torch.bool, device=tokens.device)
-        is_gen = torch.zeros(B, 1, dtype=torch.bool, device=tokens.device)
-        h, _ = self.transformer(self.embed_tokens(tokens[:, None]), is_gen, mask, positions[:, None], cache=cache)
-        return self.lm_head(h[:, -1])
+    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, cache: list,
+                    visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One more answer token per sample (understanding expert). `visible` (B, T_past): the cached keys the
+        previous answer token saw (the detection output's `visible`); the new token sees those and itself, so the
+        SMSA mask (and its w/o-SMSA variant, which hides the VAE latents) holds while decoding.
+        Returns (the LM logits for the token after it (B, vocab), the new token's `visible` (B, T_past + 1))."""
+        visible = torch.cat([visible, torch.ones_like(visible[:, :1])], 1)        # (B, T_past + 1)
+        is_gen = torch.zeros(len(tokens), 1, dtype=torch.bool, device=tokens.device)
+        h, _ = self.transformer(self.embed_tokens(tokens[:, None]), is_gen, visible[:, None], positions[:, None],
+                                cache=cache)                                     # (B, 1, H)
+        return self.lm_head(h[:, -1]), visible
 
     def generation(self, caption, caption_valid, z_t, t, hidden_layers=()) -> dict:
         """Generation sequence (left-padded caption | noisy latents). Returns the predicted `velocity` and the
