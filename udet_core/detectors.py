@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .metrics import calibrate_threshold
-from .runs import Artifact, PeakRSS, array_key, atomic_write_bytes, atomic_write_json
+from .runs import PeakRSS, array_key, atomic_write_bytes, atomic_write_json
 
 DETECTORS: dict[str, type] = {}
 BUILTIN_MODULES = ("udet_core.craft", "udet_core.baselines.dire", "udet_core.baselines.aeroblade",
