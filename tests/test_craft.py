@@ -282,13 +282,11 @@ def test_backbone_cache_key_is_its_content_not_its_path(tiny_run, tiny, tmp_path
 def test_run_craft_cache_key_covers_every_benchmark_config(tiny_run, tiny, monkeypatch):
     """`train-craft` reuses a checkpoint only when every config that made the benchmark (GAN and pixel DDPM
     included) is the same: one key recipe with the detectors."""
-    from udet_core.profiles import GANConfig, PixelDiffusionConfig
     from udet_core.runs import Artifact
     run_dir, _ = tiny_run
     monkeypatch.setattr(Artifact, "done", property(lambda self: True))      # report the key's folder, train nothing
     variants = [tiny, replace(tiny, gan=replace(tiny.gan, nz=tiny.gan.nz + 1)),
                 replace(tiny, pixel=replace(tiny.pixel, steps=tiny.pixel.steps + 1)),
                 replace(tiny, families=replace(tiny.families, sdedit_strength=0.5)), replace(tiny, seed=1)]
-    assert isinstance(variants[1].gan, GANConfig) and isinstance(variants[2].pixel, PixelDiffusionConfig)
     paths = [run_craft(p, run_dir, seed=0, progress=False) for p in variants]
     assert len(set(paths)) == len(paths)

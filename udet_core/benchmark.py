@@ -55,7 +55,7 @@ def generator_pool(p: Profile) -> torch.Tensor:
 
 # ---------------------------------------------------------------- generator training
 
-class _VAEWithKL(nn.Module):
+class VAEWithKL(nn.Module):
     """AutoencoderKL forward that also returns the KL term (so DDP sees one forward call)."""
 
     def __init__(self, vae):
@@ -67,17 +67,19 @@ class _VAEWithKL(nn.Module):
         return self.vae.decode(post.sample()).sample, post.kl().mean()
 
 
+def vae_loss(m: dict, x: torch.Tensor, kl_weight: float) -> torch.Tensor:
+    """The AutoencoderKL objective: L1 + L2 reconstruction + `kl_weight` x KL (`m["vae"]` is a `VAEWithKL`)."""
+    rec, kl = m["vae"](x)
+    return F.l1_loss(rec, x) + F.mse_loss(rec, x) + kl_weight * kl
+
+
 def train_vae(p: Profile, pool: torch.Tensor, out_dir, progress=True):
     """AutoencoderKL: L1 + L2 reconstruction + a small KL; sets the latent scaling factor to 1/std."""
     cfg = p.vae
     torch.manual_seed(p.seed)
     vae = build_vae(cfg, p.data.resolution)
-    wrapped = _VAEWithKL(vae)
-
-    def loss(m, x):
-        rec, kl = m["vae"](x)
-        return F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg.kl_weight * kl
-
+    wrapped = VAEWithKL(vae)
+    loss = functools.partial(vae_loss, kl_weight=cfg.kl_weight)
     hist = fit({"vae": wrapped}, [Objective("vae", loss, [{"params": vae.parameters()}], lr=cfg.lr)], pool,
                steps=cfg.steps, batch_size=cfg.batch_size, seed=p.seed, out_dir=out_dir,
                checkpoint_every=max(50, cfg.steps // 4), desc="train AutoencoderKL", progress=progress)

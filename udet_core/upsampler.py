@@ -51,19 +51,17 @@ def transposed_conv_decoder(vae, seed: int = 0):
 def train_decoder(p, vae, x: torch.Tensor, out_dir=None, progress: bool = True) -> list[dict]:
     """Train `vae`'s decoder in place on crops `x` with `benchmark.train_vae`'s loss (L1 + L2 + a small KL), the
     encoder frozen and the current decoder weights as start (§4.3 ablation); returns the per-step history."""
-    from .benchmark import _VAEWithKL   # the forward that train_vae trains
+    import functools
+    from .benchmark import VAEWithKL, vae_loss
     from .train import Objective, fit
     cfg = p.upsampler
     vae.requires_grad_(False)
     for module in (vae.decoder, vae.post_quant_conv):
         module.requires_grad_(True)
 
-    def loss(m, batch):
-        rec, kl = m["vae"](batch)
-        return F.l1_loss(rec, batch) + F.mse_loss(rec, batch) + p.vae.kl_weight * kl
-
+    loss = functools.partial(vae_loss, kl_weight=p.vae.kl_weight)
     params = [q for q in vae.parameters() if q.requires_grad]
-    history = fit({"vae": _VAEWithKL(vae)}, [Objective("decoder", loss, [{"params": params}], lr=cfg.lr)], x,
+    history = fit({"vae": VAEWithKL(vae)}, [Objective("decoder", loss, [{"params": params}], lr=cfg.lr)], x,
                   steps=cfg.steps, batch_size=cfg.batch_size, seed=p.seed, out_dir=out_dir,
                   checkpoint_every=max(50, cfg.steps // 4), desc="train transposed-conv decoder", progress=progress)
     vae.requires_grad_(False)
