@@ -8,6 +8,7 @@ from udet_core.benchmark import CONDITIONAL, build_benchmark, counts_table, load
 from udet_core.data.images import load_rgb
 from udet_core.data.manifest import COLUMNS, load_images
 from udet_core.data.sources import PHOTOS, check_split_photos
+from udet_core.models.realesrgan import weights_sha256
 
 
 def test_manifest_schema_and_counts(tiny_run, tiny):
@@ -93,6 +94,7 @@ def test_artifacts_record_provenance(tiny_run):
     info = json.loads((tiny_run[1].root / "done.json").read_text())
     for key in ("code_version", "timings_s", "configs", "created"):
         assert key in info
-    assert info["configs"][-1] == 0 and "resolution" in info["configs"][0]   # seed; data config
+    assert info["configs"][-2] == 0 and "resolution" in info["configs"][0]   # seed; data config
+    assert info["configs"][-1]["realesrgan"] == weights_sha256()             # the external GAN's weights
     card = (tiny_run[1].root / "README.md").read_text()
     assert "synthetic" in card.lower() and "licence" in card

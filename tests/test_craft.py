@@ -74,7 +74,7 @@ def tiny_data(tiny_run):
 
 def _model(bench, cfg, seed=0):
     torch.manual_seed(seed)
-    return Craft.from_backbone(bench.generators.image_variation_path, cfg)
+    return Craft.from_backbone(bench.generators.backbone_path, cfg)
 
 
 def test_cached_and_uncached_training_give_the_same_loss(tiny_data, tiny):
@@ -87,6 +87,26 @@ def test_cached_and_uncached_training_give_the_same_loss(tiny_data, tiny):
         m.fit_center(x[y == 0])
         histories.append([h["craft_loss"] for h in train(m, x, y, seed=0, cache=cache, progress=False)])
     assert np.allclose(histories[0], histories[1], atol=1e-5, rtol=0), histories
+
+
+def test_early_stopping_keeps_the_weights_of_the_best_validation_step(tiny_data, tiny):
+    from sklearn.metrics import roc_auc_score
+    bench, images, df = tiny_data
+    x, y = split_tensors(images, df, "train")
+    xv, yv = split_tensors(images, df, "val")
+    cfg = replace(tiny.craft, steps=12, eval_every=2, patience=1, lr_cls=0.5, lr_decoder=5e-2)
+    m = _model(bench, cfg)
+    m.fit_center(x[y == 0])
+    history = train(m, x, y, seed=0, progress=False, val=(xv, yv))
+    checks = [h for h in history if "val_auc" in h]
+    assert [h["step"] for h in checks] == list(range(2, len(history) + 1, 2))
+    best = max(checks, key=lambda h: h["val_auc"])
+    assert checks[-1]["best_step"] == best["step"]
+    assert best["step"] < len(history) < cfg.steps   # stopped early, `patience` checks after the best one
+    assert sum(h["step"] > best["step"] for h in checks) == cfg.patience and history[-1]["stop"]
+    m.eval()
+    restored = roc_auc_score(yv.numpy(), m.score(xv)[0])
+    assert restored == pytest.approx(best["val_auc"], abs=1e-6)
 
 
 def test_only_the_suffix_trains_and_the_base_stays_frozen(tiny_data, tiny):
@@ -265,7 +285,7 @@ def test_backbone_cache_key_is_its_content_not_its_path(tiny_run, tiny, tmp_path
     from udet_core.runs import CONTENT_KEY_FILE, content_key
     _, bench = tiny_run
     folder = tmp_path / "backbone"
-    shutil.copytree(bench.generators.image_variation_path, folder)
+    shutil.copytree(bench.generators.backbone_path, folder)
     m = Craft.from_backbone(folder, tiny.craft)
     key, prefix = content_key(folder), prefix_key(m)
     assert (folder / CONTENT_KEY_FILE).is_file() and content_key(folder) == key
@@ -275,18 +295,32 @@ def test_backbone_cache_key_is_its_content_not_its_path(tiny_run, tiny, tmp_path
     m.base.unet.save_pretrained(str(folder / "unet"), safe_serialization=True)
     assert content_key(folder) != key
     assert prefix_key(Craft.from_backbone(folder, tiny.craft)) != prefix
-    original = Craft.from_backbone(bench.generators.image_variation_path, tiny.craft).base
+    original = Craft.from_backbone(bench.generators.backbone_path, tiny.craft).base
     assert Craft(m.base, tiny.craft).backbone_key != Craft(original, tiny.craft).backbone_key   # in memory: by weights
 
 
 def test_run_craft_cache_key_covers_every_benchmark_config(tiny_run, tiny, monkeypatch):
     """`train-craft` reuses a checkpoint only when every config that made the benchmark (GAN and pixel DDPM
-    included) is the same: one key recipe with the detectors."""
+    included) and the backbone's content are the same: one key recipe with the detectors."""
     from udet_core.runs import Artifact
     run_dir, _ = tiny_run
     monkeypatch.setattr(Artifact, "done", property(lambda self: True))      # report the key's folder, train nothing
+    backbone = {"content": "weights-1"}                                         # the backbone's content key, by hand
+    monkeypatch.setattr("udet_core.craft.content_key", lambda path: backbone["content"])
     variants = [tiny, replace(tiny, gan=replace(tiny.gan, nz=tiny.gan.nz + 1)),
                 replace(tiny, pixel=replace(tiny.pixel, steps=tiny.pixel.steps + 1)),
                 replace(tiny, families=replace(tiny.families, sdedit_strength=0.5)), replace(tiny, seed=1)]
     paths = [run_craft(p, run_dir, seed=0, progress=False) for p in variants]
+    backbone["content"] = "weights-2"                                           # same configs, other backbone weights
+    paths.append(run_craft(tiny, run_dir, seed=0, progress=False))
     assert len(set(paths)) == len(paths)
+
+
+def test_the_backbone_is_chosen_on_the_validation_split_only():
+    import pandas as pd
+    from udet_core.craft import choose_backbone
+    rows = [("a", "val", 0.8), ("a", "test", 0.2), ("b", "val", 0.6), ("b", "test", 0.9)]
+    premise = pd.DataFrame([{"backbone": b, "split": s, "family": "all fakes", "score": "d (frozen, perturbed)", "AUC": auc}
+                            for b, s, auc in rows] + [{"backbone": "b", "split": "val", "family": "all fakes",
+                                                      "score": "||z_T - mu_real||", "AUC": 0.99}])
+    assert choose_backbone(premise) == "a"

@@ -28,7 +28,7 @@ FIGURES = {"00_data_prep": ("00_real_vs_fake_grid", "00_family_spectra"),
                             "04_robustness_cnnspot_bacc", "04_format_bias", "04_craft_ablations"),
            "05_honeycomb_collapse": ("05_honeycomb_figure1", "05_reconstruction_spectra", "05_jacobian_norms",
                                      "05_upsampler_ablation")}
-RESULTS = {"00_data_prep": ("00_counts", "00_spectral_baseline"),
+RESULTS = {"00_data_prep": ("00_counts", "00_backbone_fidelity", "00_spectral_baseline"),
            "01_gduf": ("01_paper_model_parameters", "01_gduf_training_cost", "01_gduf_ablation", "01_gduf_paper_ordering"),
            "02_diga": ("02_diga_table4", "02_diga_ordering", "02_diga_detection"),
            "03_craft_training": ("03_craft_summary", "03_craft_per_family", "03_comparison", "03_comparison_per_family",

@@ -5,12 +5,12 @@ import argparse
 import sys
 
 
-PROFILES = ["tiny", "default", "paper"]
+from .profiles import PROFILES
 
 
 def _run_args(parser, force: bool = True) -> None:
     """The arguments every command on udet-mini shares: profile, run dir, seed (and --force)."""
-    parser.add_argument("--profile", default="default", choices=PROFILES)
+    parser.add_argument("--profile", default="default", choices=list(PROFILES))
     parser.add_argument("--run-dir", default=None, help="default: runs/<profile>")
     parser.add_argument("--seed", type=int, default=0)
     if force:
@@ -26,6 +26,11 @@ def main(argv=None) -> int:
     r.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 00,03")
 
     _run_args(sub.add_parser("build-benchmark", help="build (or reuse) the embedded benchmark udet-mini only"))
+
+    pt = sub.add_parser("pretrain", help="train the pretrained zoo (data/zoo/<name>: safetensors + model card); "
+                        "resumable, hours on CPU")
+    pt.add_argument("--only", default=None, help="comma-separated zoo models (default: all, dependencies first)")
+    pt.add_argument("--force", action="store_true", help="retrain even when a verified model exists")
 
     d = sub.add_parser("detect", help="score images with a CRAFT checkpoint; writes one CSV row per image")
     d.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
@@ -48,6 +53,15 @@ def main(argv=None) -> int:
     be.add_argument("--train", default="encoder,unet,decoder", help="for craft-cache: modules that train")
 
     a = ap.parse_args(argv)
+    from .data.images import DataError
+    try:
+        return _run(ap, a)
+    except DataError as e:   # bad input, a missing or corrupt zoo model, ...: one message naming it, no traceback
+        print(f"udet {a.cmd}: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(ap, a) -> int:
     if a.cmd == "reproduce":
         from .runner import reproduce
         only = [s.strip() for s in a.only.split(",")] if a.only else None
@@ -59,6 +73,12 @@ def main(argv=None) -> int:
         bm = build_benchmark(get_profile(a.profile, seed=a.seed), a.run_dir or default_run_dir(a.profile), force=a.force)
         print(counts_table(bm.manifest).to_string(index=False))
         print(f"manifest: {bm.manifest_path}")
+    elif a.cmd == "pretrain":
+        from . import zoo
+        from .profiles import get_profile
+        only = [s.strip() for s in a.only.split(",")] if a.only else None
+        for name, path in zoo.pretrain(get_profile("default"), only, force=a.force).items():
+            print(f"{name}: {path} {zoo.card(path)['quality']}")
     elif a.cmd == "detect":
         return _detect(a)
     elif a.cmd == "train-craft":

@@ -34,7 +34,7 @@ def craft_cache(p, run_dir, n_steps: int = 50, k: int = 15, n_images: int = 256,
     images, df, _ = load_images(bench.manifest)
     x, y = split_tensors(images, df, "train")
     torch.manual_seed(seed)
-    model = Craft.from_backbone(bench.generators.image_variation_path, cfg)
+    model = Craft.from_backbone(bench.generators.backbone_path, cfg)
     model.fit_center(x[y == 0][:128])
     xb, yb = x[:batch_size], y[:batch_size]
     mods = model.trainable()
@@ -101,7 +101,7 @@ def craft_distance(p, run_dir, names=("mse", "lpips-vgg", "vae-features"), steps
     rows = []
     for name in names:
         torch.manual_seed(seed)
-        model = Craft.from_backbone(bench.generators.image_variation_path, replace(p.craft, distance=name, steps=steps))
+        model = Craft.from_backbone(bench.generators.backbone_path, replace(p.craft, distance=name, steps=steps))
         model.fit_center(x[y == 0])
         t0 = time.perf_counter()
         hist = train(model, x, y, seed=seed, progress=True)

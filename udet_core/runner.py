@@ -18,8 +18,9 @@ def default_run_dir(profile: str) -> Path:
 
 
 def default_figures_dir(profile: str, run_dir) -> Path:
-    """The repository's `figures/` for real profiles; inside the run dir for `tiny` (tests never touch figures/)."""
-    return Path(run_dir) / "figures" if profile == "tiny" else REPO_ROOT / "figures"
+    """The repository's `figures/` for the default profile (command 1 regenerates them); inside the run dir for every
+    other profile (tests, `full` and `paper` never overwrite the committed figures)."""
+    return REPO_ROOT / "figures" if profile == "default" else Path(run_dir) / "figures"
 
 
 def check_kernel(name: str = "python3") -> str:
@@ -42,9 +43,50 @@ DEAD_KERNEL = ("likely out of memory or killed; a rerun of the same command resu
                "and training checkpoints")
 
 
+def kernel_manager_class(name: str = "python3"):
+    """The kernel manager papermill should start kernels with, so that the kernel's sockets are not plain TCP.
+
+    By default jupyter_client starts kernels over TCP without transport encryption, and ipykernel >= 7 then warns
+    "Kernel is running over TCP without encryption" on every start. When pyzmq has CurveZMQ and the kernelspec
+    declares `supported_encryption: ["curve"]` (ipykernel >= 7 installs it so), the manager provisions CurveZMQ keys
+    (`transport_encryption="required"`); otherwise, on POSIX, the kernel talks over IPC (Unix sockets in the temp
+    folder) instead; elsewhere it stays the default."""
+    import tempfile
+    import uuid
+
+    import zmq
+    from jupyter_client import AsyncKernelManager
+    from jupyter_client.kernelspec import KernelSpecManager
+    from traitlets import default
+
+    try:
+        supported = KernelSpecManager().get_kernel_spec(name).metadata.get("supported_encryption") or ()
+    except Exception:  # noqa: BLE001 -- no spec: check_kernel reports it; fall through to IPC/TCP
+        supported = ()
+    supported = {supported.lower()} if isinstance(supported, str) else {str(s).lower() for s in supported}
+    if "transport_encryption" in AsyncKernelManager.class_trait_names() and zmq.has("curve") and "curve" in supported:
+        class CurveKernelManager(AsyncKernelManager):
+            @default("transport_encryption")
+            def _encrypted(self):
+                return "required"
+        return CurveKernelManager
+    if os.name == "posix":
+        class IPCKernelManager(AsyncKernelManager):
+            @default("transport")
+            def _ipc(self):
+                return "ipc"
+
+            @default("ip")
+            def _socket_prefix(self):  # sockets <prefix>-<n>, removed when the kernel is cleaned up
+                return str(Path(tempfile.gettempdir()) / f"udet-kernel-{uuid.uuid4().hex[:12]}")
+        return IPCKernelManager
+    return AsyncKernelManager
+
+
 def notebook_engine() -> str:
     """Register papermill's nbclient engine, except that a dead kernel becomes an error of the cell it was running
-    (so papermill saves the executed copy and raises PapermillExecutionError, as for a failing cell)."""
+    (so papermill saves the executed copy and raises PapermillExecutionError, as for a failing cell), and that the
+    kernel is started by `kernel_manager_class` (transport-encrypted, or over IPC; not plain TCP)."""
     from nbclient.exceptions import DeadKernelError
     from nbformat.v4 import new_output
     from papermill.engines import NBClientEngine, papermill_engines
@@ -52,6 +94,7 @@ def notebook_engine() -> str:
     class Engine(NBClientEngine):
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+            kwargs.setdefault("kernel_manager_class", kernel_manager_class(kernel_name))
             try:
                 return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
             except DeadKernelError:
@@ -74,11 +117,22 @@ def failure(e) -> str:
     return f"{where} cell {e.cell_index} ({count}{first}): {e.ename}: {e.evalue}"
 
 
+def check_zoo(profile: str, seed: int = 0) -> None:
+    """Before any notebook starts: every pretrained model the profile loads is present, uncorrupted and trained with
+    its configs (one clear error naming the model and the `pretrain` command otherwise)."""
+    from .profiles import get_profile
+    p = get_profile(profile, seed=seed)
+    if p.zoo:
+        from . import zoo
+        zoo.verify(p)
+
+
 def reproduce(profile: str = "default", run_dir=None, only=None, force: bool = False, seed: int = 0,
               timeout_s: int = 3600, notebook_dir=NOTEBOOK_DIR) -> dict:
     """Run notebooks 00-05 (those that exist, or `only`) with papermill; stop at the first failure."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
+    check_zoo(profile, seed)
     run_dir = Path(run_dir or default_run_dir(profile)).resolve()
     figures_dir = default_figures_dir(profile, run_dir).resolve()
     out_dir = run_dir / "notebooks"

@@ -50,7 +50,8 @@ def _batch_indices(n: int, batch_size: int, seed: int, step: int, rank: int, wor
 
 def fit(modules: dict, objectives: list[Objective], data: torch.Tensor, *, steps: int, batch_size: int,
         seed: int, out_dir=None, checkpoint_every: int = 0, desc: str = "train", progress: bool = True,
-        accelerator: Accelerator | None = None) -> list[dict]:
+        accelerator: Accelerator | None = None, after_step: Callable[[int, dict], dict | None] | None = None
+        ) -> list[dict]:
     """Train `modules` for `steps` steps; returns the per-step history [{'step', '<objective>': loss, ...}].
 
     `batch_size` is the global batch: with N processes each takes batch_size/N of the same draw, so gradients
@@ -58,6 +59,9 @@ def fit(modules: dict, objectives: list[Objective], data: torch.Tensor, *, steps
 
     `data` is an in-memory tensor (or tuple of tensors indexed together) of training examples. With `out_dir`
     and `checkpoint_every > 0`, state is checkpointed to `out_dir/checkpoint` and a rerun resumes from it.
+
+    `after_step(step, modules)` (e.g. a validation check) may return a dict that is logged with the step; a true
+    `"stop"` in it ends training there (early stopping).
     """
     acc = accelerator or Accelerator()
     set_seed(seed + acc.process_index)
@@ -98,7 +102,11 @@ def fit(modules: dict, objectives: list[Objective], data: torch.Tensor, *, steps
                 acc.clip_grad_norm_([p for g in obj.params for p in g["params"]], obj.max_grad_norm)
             obj.optimizer.step()
             logs[obj.name] = acc.gather(loss.detach()[None]).mean().item()
+        extra = after_step(step + 1, mods) if after_step else None
+        logs.update(extra or {})
         history.append(logs)
+        if logs.get("stop"):
+            break
         bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k != "step"}, refresh=False)
         if ckpt is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
             save_checkpoint(acc, ckpt, step + 1, history)

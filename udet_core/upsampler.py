@@ -124,7 +124,7 @@ def ablation_artifact(p, run_dir):
     from .benchmark import build_benchmark, method_artifact
     from .distances import resolved_name
     from .runs import content_key
-    backbone = build_benchmark(p, run_dir, progress=False).generators.image_variation_path
+    backbone = build_benchmark(p, run_dir, progress=False).generators.backbone_path
     return method_artifact(run_dir, "upsampler-ablation", p, p.upsampler, p.craft, resolved_name(p.craft.distance),
                            content_key(backbone))
 
@@ -143,7 +143,7 @@ def upsampler_ablation(p, run_dir, progress: bool = True, force: bool = False) -
     out, timer = art.begin(), Timer()
     bench = build_benchmark(p, run_dir, progress=False)
     images, df, _ = load_images(bench.manifest)
-    base = load_image_variation(bench.generators.image_variation_path)
+    base = load_image_variation(bench.generators.backbone_path)
     with timer("train_decoder"):
         variant = transposed_conv_decoder(base.vae, p.seed)
         decoder_history = train_decoder(p, variant, generator_pool(p), out / "decoder", progress)

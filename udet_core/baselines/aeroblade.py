@@ -12,14 +12,9 @@ import torch
 
 from ..detectors import Detector, register
 from ..distances import LPIPSDistance
+from ..models.sampling import vae_roundtrip
 from ..profiles import config_dict
 from ..progress import tqdm
-
-
-@torch.no_grad()
-def ae_reconstruct(vae, x: torch.Tensor) -> torch.Tensor:
-    """AE(x) = D(E(x)) with the posterior mode (deterministic)."""
-    return vae.decode(vae.encode(x).latent_dist.mode()).sample
 
 
 @torch.no_grad()
@@ -31,7 +26,7 @@ def lpips_layer_distance(lpips_distance: LPIPSDistance, x: torch.Tensor, y: torc
 
 def aeroblade_score(vaes, lpips_distance, x: torch.Tensor, layer: int) -> torch.Tensor:
     """-min_AE d_layer(x, AE(x)): higher = more likely made by one of the autoencoders' models."""
-    d = torch.stack([lpips_layer_distance(lpips_distance, x, ae_reconstruct(v, x).clamp(-1, 1), layer) for v in vaes])
+    d = torch.stack([lpips_layer_distance(lpips_distance, x, vae_roundtrip(v, x).clamp(-1, 1), layer) for v in vaes])
     return -d.min(0).values
 
 

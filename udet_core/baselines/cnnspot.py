@@ -108,7 +108,7 @@ class CNNSpot(Detector):
     def config(self):
         return self.cfg
 
-    def fit(self, images, df, *, seed, out_dir, progress=False):
+    def fit(self, images, df, *, seed, out_dir, progress=False, val=None):
         self.net, history = train_classifier(images, df["label"].to_numpy(), self.cfg, seed=seed, out_dir=out_dir,
                                              progress=progress, desc="CNNSpot")
         return {"final_bce": history[-1]["bce"] if history else None}

@@ -14,21 +14,10 @@ import numpy as np
 import torch
 
 from ..detectors import Detector, register
+from ..models.sampling import ddim_roundtrip
 from ..profiles import config_hash
 from ..progress import tqdm
 from .cnnspot import classifier_scores, load_classifier, save_classifier, train_classifier
-
-
-@torch.no_grad()
-def dire_reconstruct(backbone, x: torch.Tensor, n_steps: int) -> torch.Tensor:
-    """x_hat = D(DDIM-sample(DDIM-invert(E(x), n_steps), n_steps)), conditioned on x's image embedding."""
-    from ..craft import _inverse_scheduler, ddim_invert, ddim_steps, decode_latent, encode_latent
-    cond = backbone.image_embeddings(x)
-    z = ddim_invert(backbone.unet, _inverse_scheduler(backbone.scheduler), encode_latent(backbone.vae, x), cond,
-                    n_steps, n_steps)
-    backbone.scheduler.set_timesteps(n_steps)
-    return decode_latent(backbone.vae, ddim_steps(backbone.unet, backbone.scheduler, z, cond,
-                                                  backbone.scheduler.timesteps))
 
 
 def dire_image(x: torch.Tensor, x_hat: torch.Tensor) -> np.ndarray:
@@ -52,7 +41,7 @@ class Dire(Detector):
 
     def backbone_folder(self) -> Path:
         from ..benchmark import build_benchmark
-        return build_benchmark(self.p, self.run_dir, progress=False).generators.image_variation_path
+        return build_benchmark(self.p, self.run_dir, progress=False).generators.backbone_path
 
     def backbone(self):
         if self._backbone is None:
@@ -74,14 +63,14 @@ class Dire(Detector):
         if self.use_cache and cache.is_file():
             return load_file(str(cache))["dire"].numpy()
         x = to_tensor(images, size=bb.resolution)
-        out = np.concatenate([dire_image(b, dire_reconstruct(bb, b, self.cfg.n_steps))
+        out = np.concatenate([dire_image(b, ddim_roundtrip(bb, b, self.cfg.n_steps))
                               for b in tqdm(x.split(self.cfg.batch_size), desc="DIRE reconstructions",
                                             disable=not progress)])
         if self.use_cache:
             atomic_write_bytes(cache, save({"dire": torch.from_numpy(np.ascontiguousarray(out))}))
         return out
 
-    def fit(self, images, df, *, seed, out_dir, progress=False):
+    def fit(self, images, df, *, seed, out_dir, progress=False, val=None):
         self.net, history = train_classifier(self.dire_images(images, progress), df["label"].to_numpy(),
                                              self.cfg.classifier, seed=seed, out_dir=out_dir, progress=progress,
                                              desc="DIRE classifier")

@@ -21,6 +21,8 @@ MECHANISM = {
                "replaced the camera's fine-grained noise with its own.",
     "sdedit": "A real photograph was partly re-noised and denoised by a diffusion model: the layout is real, "
               "local texture is synthetic.",
+    "realesrgan": "A super-resolution GAN rebuilt it from a four-times smaller copy: the layout is real, the fine "
+                  "detail is hallucinated by the generator's learned upsampling.",
 }
 
 

@@ -1,4 +1,4 @@
-"""Real images of udet-mini: colour photographs that ship inside scikit-image and scikit-learn.
+"""Real images of udet-mini: colour photographs that ship inside scikit-image, scikit-learn and matplotlib.
 
 Photos are grouped by *source* (the two motorcycle views are one source: they show the same scene), and each
 source belongs to exactly one split, so a real test crop never shares a photo with a training crop.
@@ -32,6 +32,14 @@ def _sklearn(filename: str) -> Callable[[], list[np.ndarray]]:
     return load
 
 
+def _matplotlib(filename: str) -> Callable[[], list[np.ndarray]]:
+    def load():
+        from matplotlib import cbook
+        with cbook.get_sample_data(filename) as f:
+            return [np.asarray(Image.open(f).convert("RGB"))]
+    return load
+
+
 @dataclass(frozen=True)
 class Photo:
     name: str
@@ -58,6 +66,8 @@ PHOTOS: dict[str, Photo] = {p.name: p for p in [
           _sklearn("china.jpg")),
     Photo("flower", "a pink flower with a bee", "scikit-learn", "CC BY 2.0 (vultilion, Flickr)",
           _sklearn("flower.jpg")),
+    Photo("grace_hopper", "a woman in a naval uniform", "matplotlib",
+          "public domain (official U.S. Navy photograph of Rear Admiral Grace Hopper)", _matplotlib("grace_hopper.jpg")),
 ]}
 
 

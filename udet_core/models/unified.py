@@ -20,6 +20,7 @@ from ..profiles import UnifiedConfig
 IMAGE, TEXT = "image", "text"
 PAD, EOS, ANSWER = "<|pad|>", "<|endoftext|>", "<|answer|>"
 INSTRUCTION = "Does the image look real or fake?"
+CAPTION_INSTRUCTION = "Describe the image."   # the understanding task of pretraining (captioning)
 
 
 # ------------------------------------------------------------------ tokenizer
