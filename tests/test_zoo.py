@@ -33,6 +33,8 @@ def test_pretrain_writes_verified_models_with_cards(tiny_zoo):
         assert any(f.endswith(".safetensors") for f in card["files"]), card["files"]
         assert (folder / "MODEL_CARD.md").read_text().startswith(f"# {name}")
     assert zoo.card(folders["vae-train"])["photo_names"] == list(p.data.split_photos["train"])
+    table = zoo.summary(p, zoo_dir)
+    assert list(table.model) == list(zoo.ENTRIES) and (table.size_mb > 0).all() and (table.steps > 0).all()
     assert set(zoo.card(folders["vae-all"])["photo_names"]) == {n for v in p.data.split_photos.values() for n in v}
 
 

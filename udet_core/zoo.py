@@ -319,6 +319,19 @@ def verify(p: Profile, names=None, zoo_dir=None) -> dict[str, Path]:
     return {n: path(p, n, zoo_dir) for n in (names or ENTRIES)}
 
 
+def summary(p: Profile, zoo_dir=None):
+    """One row per verified zoo model: what it is, the photos it saw, steps, last session's wall time, size, quality."""
+    import pandas as pd
+    rows = []
+    for name, folder in verify(p, zoo_dir=zoo_dir).items():
+        c = card(folder)
+        rows.append({"model": name, "photos": c["photos"], "steps": c["steps"],
+                     "wall_s_last_session": c["wall_s_last_session"],
+                     "size_mb": round(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20, 3),
+                     "quality": ", ".join(f"{k} {v}" for k, v in c["quality"].items()), "summary": c["summary"]})
+    return pd.DataFrame(rows)
+
+
 # ---------------------------------------------------------------- pretraining
 
 def _curve(history: list[dict], points: int = 50) -> list[dict]:
