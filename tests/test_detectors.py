@@ -283,3 +283,11 @@ def test_effect_claim_by_hand():
     same = long.assign(bacc=0.711)                                  # a degenerate table: all variants equal
     e = evaluation.effect_claim(same, "T")
     assert not e["measurable"] and e["gap"] == 0
+
+
+def test_rows_key_ignores_columns_derived_from_the_manifest():
+    from udet_core.detectors import rows_key
+    df = pd.DataFrame({"path": ["a.png", "b.png"], "label": [0, 1], "family": ["real", "gan"], "split": ["train"] * 2})
+    images = np.zeros((2, 4, 4, 3), np.uint8)
+    assert rows_key(df.assign(content=["scene", None]), images) == rows_key(df, images)
+    assert rows_key(df.assign(label=[1, 1]), images) != rows_key(df, images)

@@ -83,9 +83,11 @@ def detector_class(name: str) -> type:
 
 
 def rows_key(df: pd.DataFrame, images: np.ndarray) -> str:
-    """Which rows a detector was fitted on, by content (part of its artifact key): the images' bytes and every
-    manifest column but the path, so a run directory moved or copied elsewhere keeps its cached detectors."""
-    table = df.drop(columns="path").to_csv(index=False).encode()
+    """Which rows a detector was fitted on, by content (part of its artifact key): the images' bytes and the
+    manifest's own columns but the path, so a run directory moved or copied elsewhere keeps its cached detectors, and
+    columns a notebook derives (e.g. `content`) do not change the key."""
+    from .data.manifest import COLUMNS
+    table = df[[c for c in COLUMNS if c != "path" and c in df.columns]].to_csv(index=False).encode()
     return hashlib.sha256(array_key(images).encode() + table).hexdigest()[:10]
 
 

@@ -94,6 +94,11 @@ def seed_stats(long, metric: str, subset: str) -> tuple[pd.Series, pd.Series]:
     return g.mean(), g.std(ddof=1)
 
 
+def _ms(variant: str, mean: float, std: float) -> str:
+    """'variant mean ± std' (the mean alone for a single seed)."""
+    return f"{variant} {mean:.3f}" + ("" if np.isnan(std) else f" ± {std:.3f}")
+
+
 def _beyond(gap: float, spread: float) -> bool | None:
     """Is `gap` larger than the seeds' `spread`? None when the spread is unknown (one seed)."""
     return None if np.isnan(spread) else bool(gap > spread)
@@ -107,7 +112,7 @@ def ordering_claim(long, claim: str, higher, lower, metric: str = "bacc", subset
     h, lo = min(pairs, key=lambda hl: mean[hl[0]] - mean[hl[1]])
     gap = mean[h] - mean[lo]
     return {"claim": claim, "metric": f"{metric} ({subset})",
-            "ours": f"{h} {mean[h]:.3f} ± {std[h]:.3f} vs {lo} {mean[lo]:.3f} ± {std[lo]:.3f}",
+            "ours": f"{_ms(h, mean[h], std[h])} vs {_ms(lo, mean[lo], std[lo])}",
             "agrees": bool(gap > 0), "beyond_seed_spread": _beyond(gap, std[h] + std[lo])}
 
 
@@ -116,7 +121,7 @@ def chance_claim(long, claim: str, variant: str, metric: str = "bacc", subset: s
     """Is `variant` within `tol` of chance (0.5) on `metric` (mean over seeds)?"""
     mean, std = seed_stats(long, metric, subset)
     m, sd = mean[variant], std[variant]
-    return {"claim": claim, "metric": f"{metric} ({subset})", "ours": f"{variant} {m:.3f} ± {sd:.3f}",
+    return {"claim": claim, "metric": f"{metric} ({subset})", "ours": _ms(variant, m, sd),
             "agrees": bool(abs(m - 0.5) <= tol), "beyond_seed_spread": None if np.isnan(sd) else bool(abs(m - 0.5) + sd <= tol)}
 
 
@@ -138,7 +143,7 @@ def effect_claim(long, table: str, metric: str = "bacc", subset: str = "all test
     gap, spread = mean[a] - mean[b], std[a] + std[b]
     beyond = _beyond(gap, spread)
     return {"table": table, "metric": f"{metric} ({subset})", "variants": len(mean),
-            "largest separation": f"{a} {mean[a]:.3f} ± {std[a]:.3f} vs {b} {mean[b]:.3f} ± {std[b]:.3f}",
+            "largest separation": f"{_ms(a, mean[a], std[a])} vs {_ms(b, mean[b], std[b])}",
             "gap": round(float(gap), 4), "seed_spread": round(float(spread), 4),
             "measurable": None if beyond is None else bool(beyond and gap >= min_gap)}
 
