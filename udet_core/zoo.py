@@ -366,7 +366,7 @@ def pretrain_one(p: Profile, name: str, zoo_dir=None, work_dir=None, progress: b
     wall = sum(h.get("wall_s", 0) for h in history[-1:]) or time.perf_counter() - t0
     quality = e.quality(p, tmp, deps)
     record = {"name": name, "summary": e.summary, "key": k, "profile": p.name, "photos": e.photos,
-              "photo_names": list(photo_set(p, e.photos)) if name != "featnet" else sorted(PHOTOS),
+              "photo_names": list(photo_set(p, e.photos)),
               "resolution": p.data.resolution, "steps": len(history), "wall_s_last_session": round(wall, 1),
               "torch_threads": torch.get_num_threads(), "code_version": code_version(),
               "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "configs": configs,
