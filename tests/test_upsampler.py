@@ -63,6 +63,22 @@ def test_ablation_reports_both_decoders_with_finite_numbers(tiny_run, tiny):
     assert np.isfinite(numbers).all()
     assert table.equals(upsampler_ablation(tiny, run_dir, progress=False))      # the cached artifact
     assert len(ablation_figure(tiny, run_dir).axes) > 4
+    # nearest + conv is notebook 03's fitted CRAFT detector (not refitted); the transposed-conv one is fitted with
+    # the same early stopping on the validation AUC
+    import json
+    from udet_core.upsampler import ablation_artifact
+    history = json.loads((ablation_artifact(tiny, run_dir).path / "history.json").read_text())
+    assert history["craft_nearest"] == [] and any("val_auc" in h for h in history["craft_transposed"])
+
+
+def test_round_trip_psnr_is_the_mean_per_image_psnr_of_the_vae_round_trip(vae, tiny):
+    from udet_core.metrics import psnr
+    from udet_core.models.sampling import vae_roundtrip
+    from udet_core.upsampler import round_trip_psnr
+    x = torch.rand(4, 3, tiny.data.resolution, tiny.data.resolution) * 2 - 1
+    with torch.no_grad():
+        expected = psnr(x, vae_roundtrip(vae, x)).mean().item()
+    assert round_trip_psnr(vae, x) == pytest.approx(expected, abs=1e-5) and 0 < expected < 100
 
 
 def test_findings_answer_from_the_table_by_hand():

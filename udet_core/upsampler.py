@@ -16,7 +16,6 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .data.images import to_uint8
@@ -68,31 +67,37 @@ def train_decoder(p, vae, x: torch.Tensor, out_dir=None, progress: bool = True) 
     return history
 
 
-@torch.no_grad()
-def round_trip_psnr(vae, x: torch.Tensor, batch_size: int = 64) -> float:
-    """PSNR (dB; images in [-1, 1]) of the VAE round trip decode(mode(encode(x))): the decoder's quality."""
-    rec = torch.cat([vae.decode(vae.encode(b).latent_dist.mode()).sample.clamp(-1, 1) for b in x.split(batch_size)])
-    return float(10 * torch.log10(4.0 / F.mse_loss(rec, x)))
+def round_trip_psnr(vae, x: torch.Tensor) -> float:
+    """Mean per-image PSNR (dB) of the VAE round trip D(E(x)) (`models.sampling.vae_roundtrip`): the decoder's
+    quality, measured as notebook 00's fidelity table measures it."""
+    from .metrics import psnr
+    from .models.sampling import vae_roundtrip
+    with torch.no_grad():
+        return float(psnr(x, vae_roundtrip(vae, x)).mean())
 
 
 # ------------------------------------------------------------------ CRAFT on each decoder
 
-def craft_reconstructions(p, base, images: np.ndarray, df, out_dir=None, progress: bool = False) -> dict:
-    """Fine-tune CRAFT (the profile's config and seed) with backbone `base` on the train rows, then reconstruct the
-    test rows with the frozen and the fine-tuned pipeline from the same perturbed latents (§4.3 ablation).
+def craft_reconstructions(p, base, images: np.ndarray, df, tuned=None, out_dir=None, progress: bool = False) -> dict:
+    """CRAFT (the profile's config and seed) with backbone `base`: fine-tuned on the train rows with early stopping
+    on the val rows (as notebook 03's detector), or the already fine-tuned Craft `tuned`; then the test rows are
+    reconstructed by the frozen and the fine-tuned pipeline from the same perturbed latents (§4.3 ablation).
     Returns {stage: {"x_hat": uint8 (N, H, W, 3), "d": (N,), "val_psnr_db": the stage decoder's PSNR}, "history"}."""
     from .craft import Craft, fit_craft, prefix_cache, split_tensors
     cfg = p.craft
     torch.manual_seed(p.seed)
-    models = {"tuned": Craft(base, cfg), "frozen": Craft(base, cfg)}   # the frozen one keeps the base weights
-    train = (df["split"] == "train").to_numpy()
-    # cache_dir=None: no centre or prefix latents are shared between the two decoders
-    history = fit_craft(models["tuned"], images[train], df[train], seed=p.seed, out_dir=out_dir, cache_dir=None,
-                        progress=progress)
-    models["frozen"].mu, models["frozen"].mu_fast = models["tuned"].mu, models["tuned"].mu_fast
+    history = []
+    if tuned is None:
+        tuned = Craft(base, cfg)
+        train, val = (df["split"] == "train").to_numpy(), (df["split"] == "val").to_numpy()
+        # cache_dir=None: no centre or prefix latents are shared between the two decoders
+        history = fit_craft(tuned, images[train], df[train], seed=p.seed, out_dir=out_dir, cache_dir=None,
+                            progress=progress, val=(images[val], df["label"].to_numpy()[val]))
+    models = {"tuned": tuned, "frozen": Craft(base, cfg, mu=tuned.mu)}   # the frozen one keeps the base weights
+    models["frozen"].mu_fast = tuned.mu_fast
     x, _ = split_tensors(images, df, "test")
     x_val, y_val = split_tensors(images, df, "val")
-    z = prefix_cache(models["tuned"], x, cfg.eval_batch_size)   # (N, C, h, w) entering the last k steps
+    z = prefix_cache(tuned, x, cfg.eval_batch_size)   # (N, C, h, w) entering the last k steps
     out = {"history": history}
     with torch.no_grad():
         for stage in STAGES:
@@ -135,6 +140,7 @@ def upsampler_ablation(p, run_dir, progress: bool = True, force: bool = False) -
     of the test reconstructions, plus the inputs' peak scores. Cached with the spectra and example images."""
     from .benchmark import build_benchmark, generator_pool
     from .data.manifest import load_images
+    from .detectors import fitted
     from .models.backbones import load_image_variation
     from .runs import Timer, atomic_write_json, atomic_write_text
     art = ablation_artifact(p, run_dir)
@@ -155,9 +161,14 @@ def upsampler_ablation(p, run_dir, progress: bool = True, force: bool = False) -
     rows = [{"decoder": "none (the inputs)", "stage": "input", **reconstruction_scores(inputs, y)}]
     arrays = {"show_family": family[show].astype(str), "example-input": inputs[show]}
     histories = {"decoder": decoder_history}
+    # nearest + conv: notebook 03's CRAFT detector itself (same config, seed, backbone and rows); transposed: the
+    # same recipe on the variant decoder
+    tuned = {"nearest": fitted("craft", p, run_dir, images, df, seed=p.seed, progress=progress).model,
+             "transposed": None}
     for key, vae in (("nearest", base.vae), ("transposed", variant)):
         with timer(f"craft_{key}"):
-            rec = craft_reconstructions(p, replace(base, vae=vae), images, df, out / f"craft-{key}", progress)
+            rec = craft_reconstructions(p, replace(base, vae=vae), images, df, tuned[key], out / f"craft-{key}",
+                                        progress)
         histories[f"craft_{key}"] = rec.pop("history")
         for stage, r in rec.items():
             rows.append({"decoder": DECODERS[key], "stage": STAGES[stage], "val_psnr_db": r["val_psnr_db"],
