@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from udet_core.craft import (Craft, detect_images, latent_center_distance, mean_center, perturb_latent,
-                             premise_check, prefix_cache, run_craft, split_tensors, train)
+from udet_core.craft import (Craft, latent_center_distance, mean_center, perturb_latent,
+                             premise_check, prefix_cache, split_tensors, train)
 from udet_core.data.manifest import load_images
 from udet_core.losses import craft_cr_loss, craft_total_loss
 from udet_core.metrics import calibrate_threshold
@@ -193,17 +193,21 @@ def test_tiny_real_pipeline_folder_trains_unchanged(tmp_path, tiny):
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tiny_run, tiny):
+def tiny_checkpoint(tiny_run, tiny, tiny_data):
+    from udet_core.detectors import fitted
     run_dir, _ = tiny_run
-    return run_craft(tiny, run_dir, progress=False)
+    _, images, df = tiny_data
+    return fitted("craft", tiny, run_dir, images, df, seed=0).folder
 
 
 def test_checkpoint_records_threshold_from_validation(tiny_checkpoint):
     meta = json.loads((tiny_checkpoint / "craft.json").read_text())
     assert 0.0 <= meta["threshold"] <= 1.0 and "threshold_fast" in meta
     assert (tiny_checkpoint / "craft.safetensors").exists() and (tiny_checkpoint / "pipeline" / "model_index.json").exists()
+    det = json.loads((tiny_checkpoint / "detector.json").read_text())
+    assert det["name"] == "craft" and det["threshold"] == meta["threshold"] and det["profile"]["name"] == "tiny"
     info = json.loads((tiny_checkpoint / "done.json").read_text())
-    assert "train" in info["timings_s"] and info["code_version"]
+    assert "fit" in info["timings_s"] and info["code_version"]
 
 
 def test_detect_cli_scores_a_folder_and_lists_bad_files(tmp_path, tiny_checkpoint, tiny_data):
@@ -222,31 +226,34 @@ def test_detect_cli_scores_a_folder_and_lists_bad_files(tmp_path, tiny_checkpoin
     import pandas as pd
     df = pd.read_csv(out)
     assert sorted(df.path.map(lambda p: p.split("/")[-1])) == ["ok_0.png", "ok_1.png", "ok_2.png", "other_size.png"]
-    assert set(df.label) <= {"real", "fake"} and df.score.between(0, 1).all() and (df.distance >= 0).all()
+    assert set(df.label) <= {"real", "fake"} and df.score.between(0, 1).all() and set(df.detector) == {"craft"}
     assert "skipped 2 bad file(s)" in r.stdout and "broken.png" in r.stdout and "notes.jpg" in r.stdout
 
 
 def test_fast_mode_scores(tiny_checkpoint, tiny_data):
+    from udet_core.detectors import load_detector
     _, images, df = tiny_data
-    m = Craft.load(tiny_checkpoint)
-    paths = df.path[:4].tolist()
-    full, _ = detect_images(m, paths)
-    fast, _ = detect_images(m, paths, fast=True)
-    assert len(full) == len(fast) == 4 and not np.allclose(full.distance, fast.distance)
+    det = load_detector(tiny_checkpoint)
+    det.use_cache = False
+    full = det.score(images[:4])
+    det.fast = True
+    fast = det.score(images[:4])
+    assert len(full) == len(fast) == 4 and not np.allclose(full, fast)
 
 
 def test_two_processes_match_one_process(tiny_run, tiny_checkpoint):
     """Two CPU processes (torchrun with ACCELERATE_USE_CPU; `accelerate launch --cpu` starts only one process without
     an MPI hostfile) train the same model as one process (same global batches; DDP averages the two halves'
-    gradients). Stated tolerance: per-step losses within 1e-4 (float summation)."""
+    gradients), through the same `train craft` command. Stated tolerance: per-step losses within 1e-4 (float
+    summation)."""
     import os
     run_dir, _ = tiny_run
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "udet_core", "train-craft",
-           "--profile", "tiny", "--run-dir", str(run_dir), "--name", "craft-2proc"]
+    two = run_dir / "craft-2proc"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "udet_core", "train", "craft",
+           "--data", "udet-mini", "--profile", "tiny", "--run-dir", str(run_dir), "--out", str(two)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "ACCELERATE_USE_CPU": "true"})
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "trained by 2 processes" in r.stdout, r.stdout[-2000:]
-    two = next(run_dir.glob("artifacts/craft-2proc-*"))
+    assert "trained by 2 process(es)" in r.stdout, r.stdout[-2000:]
     h1 = json.loads((tiny_checkpoint / "craft.json").read_text())["history"]
     h2 = json.loads((two / "craft.json").read_text())["history"]
     assert len(h1) == len(h2)
@@ -299,11 +306,20 @@ def test_backbone_cache_key_is_its_content_not_its_path(tiny_run, tiny, tmp_path
     assert Craft(m.base, tiny.craft).backbone_key != Craft(original, tiny.craft).backbone_key   # in memory: by weights
 
 
-def test_run_craft_cache_key_covers_every_benchmark_config(tiny_run, tiny, monkeypatch):
-    """`train-craft` reuses a checkpoint only when every config that made the benchmark (GAN and pixel DDPM
-    included) and the backbone's content are the same: one key recipe with the detectors."""
+def test_craft_cache_key_covers_every_benchmark_config(tiny_run, tiny, tiny_data, monkeypatch):
+    """A fitted CRAFT is reused only when every config that made the benchmark (GAN and pixel DDPM included) and the
+    backbone's content are the same: one key recipe for every detector (`detectors.detector_artifact`)."""
+    from udet_core.craft import CraftDetector
+    from udet_core.detectors import detector_artifact
     from udet_core.runs import Artifact
-    run_dir, _ = tiny_run
+    run_dir, bench = tiny_run
+    _, images, df = tiny_data
+    train, val = (df.split == "train").to_numpy(), (df.split == "val").to_numpy()
+    folder = str(bench.generators.backbone_path)      # one folder; its content key is set by hand below
+
+    def run_craft(p, run_dir, seed, progress):
+        return detector_artifact(CraftDetector(p, run_dir, [folder]), images, df, seed, train, val).path
+
     monkeypatch.setattr(Artifact, "done", property(lambda self: True))      # report the key's folder, train nothing
     backbone = {"content": "weights-1"}                                         # the backbone's content key, by hand
     monkeypatch.setattr("udet_core.craft.content_key", lambda path: backbone["content"])

@@ -40,3 +40,20 @@ def test_profiles_and_hashes():
     assert config_hash(get_profile("tiny")) != config_hash(get_profile("tiny", seed=1))
     with pytest.raises(ValueError, match="unknown profile"):
         get_profile("huge")
+
+
+def test_profiles_round_trip_through_their_config_dict_and_take_dotted_settings():
+    from udet_core.profiles import PROFILES, Profile, config_dict, config_hash, from_config_dict, get_profile, with_settings
+    for name in PROFILES:
+        p = get_profile(name)
+        assert from_config_dict(Profile, config_dict(p)) == p and config_hash(from_config_dict(Profile, config_dict(p))) == config_hash(p)
+    with pytest.raises(ValueError, match="has no field"):
+        from_config_dict(Profile, {**config_dict(get_profile("tiny")), "colour": 1})
+    q = with_settings(get_profile("tiny"), ["data.resolution=256", "craft.steps=1", "craft.distance=mse",
+                                            "ablation.seeds=[0, 1, 2]"])
+    assert (q.data.resolution, q.craft.steps, q.craft.distance, q.ablation.seeds) == (256, 1, "mse", (0, 1, 2))
+    assert q.craft.k == get_profile("tiny").craft.k                      # everything else kept
+    with pytest.raises(ValueError, match="unknown setting 'craft.stepz'"):
+        with_settings(q, ["craft.stepz=1"])
+    with pytest.raises(ValueError, match="not NAME=VALUE"):
+        with_settings(q, ["craft.steps"])

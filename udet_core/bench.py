@@ -113,3 +113,95 @@ def craft_distance(p, run_dir, names=("mse", "lpips-vgg", "vae-features"), steps
                      "median_d_real": float(np.median(d[yn == 0])), "median_d_fake": float(np.median(d[yn == 1])),
                      "final_loss": round(float(np.mean([h["craft_loss"] for h in hist[-10:]])), 3)})
     return rows
+
+
+# ------------------------------------------------------------------ own data at scale (`bench make-tree`)
+
+TREE_FAMILIES = {"nearest-x2": (2, "NEAREST"), "bicubic-x4": (4, "BICUBIC")}
+
+
+def tree_image(rng: np.random.Generator, views: list, size: int) -> np.ndarray:
+    """A real image of the synthetic tree: a random square crop (half to all of the shorter side) of a bundled
+    photograph, resampled to size x size (Lanczos), flipped at random."""
+    from PIL import Image
+    img = views[int(rng.integers(len(views)))]
+    h, w = img.shape[:2]
+    side = int(rng.integers(min(h, w) // 2, min(h, w) + 1))
+    top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    out = np.asarray(Image.fromarray(img[top:top + side, left:left + side]).resize((size, size), Image.LANCZOS))
+    return out[:, ::-1] if rng.random() < 0.5 else out
+
+
+def upsampled_fake(real: np.ndarray, factor: int, resample: str) -> np.ndarray:
+    """A fake of the synthetic tree: the real image downscaled by `factor` and upsampled back with `resample`
+    (nearest: blocky periodic traces, as from a generator's upsampling; bicubic: band-limited, smooth)."""
+    from PIL import Image
+    h, w = real.shape[:2]
+    small = Image.fromarray(real).resize((w // factor, h // factor), Image.BOX)
+    return np.asarray(small.resize((w, h), getattr(Image, resample)))
+
+
+def synthetic_tree(root, n_train: int = 2000, n_test: int = 8000, size: int = 512, seed: int = 0,
+                   progress: bool = True) -> dict:
+    """Write a `0_real/1_fake` tree of PNGs, `{root}/{train,test}/{family}/{0_real,1_fake}/{i:06d}.png`: half
+    reals (`tree_image`), half fakes spread over `TREE_FAMILIES` (`upsampled_fake` of other reals). A synthetic
+    stand-in for a lab's 512 px data set, to measure streaming at scale; train and test draw from disjoint photos."""
+    import io
+    from pathlib import Path
+    from PIL import Image
+    from .data.sources import PHOTOS
+    from .runs import atomic_write_bytes
+    from .progress import tqdm
+    root = Path(root)
+    names = sorted(PHOTOS)
+    photos = {"train": names[::2], "test": names[1::2]}
+    rng = np.random.default_rng(seed)
+    counts = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        views = [v for name in photos[split] for v in PHOTOS[name].load()]
+        for i in tqdm(range(n), desc=f"synthetic tree {split}", disable=not progress):
+            real = tree_image(rng, views, size)
+            if i % 2 == 0:
+                family, cls, img = "real", "0_real", real
+            else:
+                family = list(TREE_FAMILIES)[(i // 2) % len(TREE_FAMILIES)]
+                img = upsampled_fake(real, *TREE_FAMILIES[family])
+                cls = "1_fake"
+            path = root / split / family / cls / f"{i:06d}.png"
+            if not path.exists():   # a rerun completes an interrupted tree (same seed, same images)
+                buf = io.BytesIO()
+                Image.fromarray(img).save(buf, format="PNG", compress_level=1)
+                atomic_write_bytes(path, buf.getvalue())
+            counts[(split, family)] = counts.get((split, family), 0) + 1
+    return {f"{s}/{f}": c for (s, f), c in counts.items()}
+
+
+def streaming(det, ds, n: int = 1000, batch_size: int = 64, workers: int = 2) -> list[dict]:
+    """Images/s of scoring `n` random rows of the lazy data set `ds` with detector `det`: in memory (decode all
+    rows into one array, then score it; the notebooks' path) against streamed through a DataLoader with `workers`
+    decoding processes (`detectors.score_dataset`), and the peak resident memory of each (this process, MiB)."""
+    from .detectors import score_dataset
+    from .runs import PeakRSS
+    det.use_cache = False
+    sample = ds.manifest.sample(min(n, len(ds)), random_state=0)   # both classes, every family
+    sub = type(ds)(sample, ds.size, ds.policy, ds.multiple, ds.convert, ds.description)
+    rows = []
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        images, _, _ = sub.load(batch_size=batch_size)
+        t_load = time.perf_counter() - t0
+        s_mem = np.asarray(det.score(images), dtype=float)
+        wall = time.perf_counter() - t0
+    rows.append({"path": "in memory (decode all, then score)", "images": len(images), "wall_s": round(wall, 2),
+                 "decode_s": round(t_load, 2), "images_per_s": round(len(images) / wall, 1),
+                 "peak_rss_mb": round(mem.peak_mb)})
+    del images
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        s_stream, _ = score_dataset(det, sub, batch_size=batch_size, num_workers=workers)
+        wall = time.perf_counter() - t0
+    ok = ~np.isnan(s_stream)
+    rows.append({"path": f"streamed ({workers} workers)", "images": int(ok.sum()), "wall_s": round(wall, 2),
+                 "decode_s": None, "images_per_s": round(ok.sum() / wall, 1), "peak_rss_mb": round(mem.peak_mb),
+                 "max_abs_score_diff": float(np.abs(s_stream[ok] - s_mem).max())})
+    return rows

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .detectors import Detector, register
+from .detectors import Detector, default_generators, register
 from .distances import distance_label, make_distance, resolved_name
 from .metrics import calibrate_threshold
 from .losses import craft_ce_loss, craft_cr_loss, craft_recon_loss, craft_total_loss
@@ -415,73 +414,6 @@ def fit_craft(model: Craft, images: np.ndarray, df, *, seed: int, out_dir, cache
                      accelerator=accelerator, val=val_t)
 
 
-def run_craft(p, run_dir, cfg: CraftConfig | None = None, seed: int | None = None, progress: bool = True,
-              force: bool = False, name: str = "craft") -> Path:
-    """Train CRAFT on the train split of udet-mini, calibrate thresholds on val; returns the checkpoint folder.
-
-    Cached like every artifact: a finished checkpoint with the same configs is reused; an interrupted one
-    resumes from its last training checkpoint. Works under `accelerate launch` (the main process saves).
-    """
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-    from .benchmark import build_benchmark, method_artifact
-    from .data.manifest import load_images
-    from .runs import Timer
-    cfg = cfg or p.craft
-    seed = p.seed if seed is None else seed
-    bench = build_benchmark(p, run_dir, progress=False)
-    art = method_artifact(run_dir, name, p, cfg, resolved_name(cfg.distance), seed,
-                          content_key(bench.generators.backbone_path))
-    if art.done and not force:
-        return art.path
-    acc = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    images, df, problems = load_images(bench.manifest)
-    timer = Timer()
-    torch.manual_seed(seed)
-    model = Craft.from_backbone(bench.generators.backbone_path, cfg)
-    out = art.begin() if acc.is_main_process else art.partial
-    acc.wait_for_everyone()
-    train_rows, val_rows = (df["split"] == "train").to_numpy(), (df["split"] == "val").to_numpy()
-    history = fit_craft(model, images[train_rows], df[train_rows], seed=seed, out_dir=out, cache_dir=cache_dir(run_dir),
-                        timer=timer, progress=progress, accelerator=acc,
-                        val=(images[val_rows], df["label"].to_numpy()[val_rows]))
-    if acc.is_main_process:
-        model.eval()
-        xv, yv = split_tensors(images, df, "val")
-        with timer("calibrate_full"):
-            sv, _ = model.score(xv, batch_size=cfg.eval_batch_size, progress=progress)
-        with timer("calibrate_fast"):
-            sf, _ = model.score(xv, fast=True, batch_size=cfg.eval_batch_size, progress=progress)
-        model.threshold = calibrate_threshold(sv, yv.numpy())
-        model.save(out, {"threshold_fast": calibrate_threshold(sf, yv.numpy()), "seed": seed, "history": history,
-                         "skipped_files": problems})
-        art.commit(timings_s=timer.timings, seed=seed, final=history[-1] if history else {})
-    acc.wait_for_everyone()
-    return art.path
-
-
-def detect_images(model: Craft, paths, fast: bool = False, batch_size: int = 64, progress: bool = False):
-    """Score image files: (DataFrame path/score/label/distance, problems [(path, reason)]).
-
-    Images larger or non-square are centre-cropped and resized to the model's resolution; bad files are
-    skipped and reported.
-    """
-    import pandas as pd
-    from .data.images import load_many, to_tensor
-    arrays, kept, problems = load_many(paths, progress=progress)
-    paths = [str(paths[i]) for i in kept]
-    if not arrays:
-        return pd.DataFrame(columns=["path", "score", "label", "distance"]), problems
-    t0 = time.perf_counter()
-    scores, dists = model.score(to_tensor(arrays, size=model.base.resolution), fast=fast, batch_size=batch_size,
-                                progress=progress)
-    threshold = model.threshold_fast if fast else model.threshold
-    df = pd.DataFrame({"path": paths, "score": scores, "label": np.where(scores >= threshold, "fake", "real"),
-                       "distance": dists})
-    df.attrs["images_per_s"] = len(df) / (time.perf_counter() - t0)
-    return df, problems
-
-
 # ------------------------------------------------------------------ analysis (paper §4.2, notebook 05)
 
 def with_settings(model: Craft, lam: float | None = None, k: int | None = None) -> Craft:
@@ -661,17 +593,18 @@ class CraftDetector(Detector):
     """CRAFT in the common protocol: fine-tuned on the given rows; full-mode P(fake) as the score. The saved
     folder is a complete CRAFT checkpoint (full- and fast-mode thresholds), usable by `detect`."""
 
-    def __init__(self, p, run_dir):
-        super().__init__(p, run_dir)
-        self.cfg, self.model = p.craft, None
+    takes_backbone = "a StableDiffusionImageVariationPipeline folder"
+
+    def __init__(self, p, run_dir, backbone=None):
+        super().__init__(p, run_dir, backbone)
+        self.cfg, self.model, self.fast = p.craft, None, False
 
     def config(self):
         return {"craft": asdict(self.cfg), "distance": resolved_name(self.cfg.distance),
                 "backbone": content_key(self._backbone())}
 
     def _backbone(self):
-        from .benchmark import build_benchmark
-        return build_benchmark(self.p, self.run_dir, progress=False).generators.backbone_path
+        return self.single_backbone(self.backbone or default_generators(self.p, self.run_dir).backbone_path)
 
     def fit(self, images, df, *, seed, out_dir, progress=False, val=None):
         torch.manual_seed(seed)
@@ -687,13 +620,14 @@ class CraftDetector(Detector):
     def _scores(self, images, fast=False, progress=False):
         """P(fake); the frozen prefix of these images is cached (shared by seeds and by variants that agree on it)."""
         from .data.images import to_tensor
-        x = to_tensor(images, size=self.model.base.resolution)
+        x = to_tensor(images)   # at the input size the data set's resolution policy gave them
         z = prefix_cache(self.model, x, self.cfg.eval_batch_size, fast, progress,
                          cache_dir=cache_dir(self.run_dir) if self.use_cache else None)
         return self.model.score(x, fast, self.cfg.eval_batch_size, progress, z=z)[0]
 
     def score(self, images, *, progress=False):
-        return self._scores(images, progress=progress)
+        """P(fake) of full-mode CRAFT (with `fast`: CRAFT-fast, a different detector with its own threshold)."""
+        return self._scores(images, fast=self.fast, progress=progress)
 
     def calibrate(self, images, labels, *, progress=False):
         super().calibrate(images, labels, progress=progress)
@@ -707,4 +641,5 @@ class CraftDetector(Detector):
     def load(cls, folder, p, run_dir):
         det = cls(p, run_dir)
         det.model = Craft.load(folder)
+        det.cfg, det.threshold_fast = det.model.cfg, det.model.threshold_fast
         return det

@@ -35,9 +35,29 @@ class Detector:
     trains = True
     threshold: float | None = None
     use_cache = True     # detectors that cache per-image work (DIRE's reconstructions) honour this flag
+    takes_backbone = ""  # what `backbone` (CLI --backbone) names for this detector; "" = it takes none
 
-    def __init__(self, p, run_dir):
-        self.p, self.run_dir = p, Path(run_dir)
+    def __init__(self, p, run_dir, backbone=None):
+        """`backbone`: a path (or, for detectors built on several, a list of paths) replacing the profile's default
+        backbone; the stand-ins of the zoo / the run directory are just the defaults."""
+        if backbone and not self.takes_backbone:
+            from .data.images import DataError
+            raise DataError(backbone if isinstance(backbone, str) else backbone[0], f"{self.name} takes no backbone")
+        self.p, self.run_dir, self.backbone = p, Path(run_dir), backbone
+
+    def single_backbone(self, default) -> Path:
+        """The one diffusers pipeline folder this detector reads: the given `backbone`, else `default`."""
+        from .data.images import DataError
+        b = self.backbone
+        if isinstance(b, (list, tuple)):
+            if len(b) != 1:
+                raise DataError(b[0], f"{self.name} takes one backbone ({self.takes_backbone}); got {len(b)}")
+            b = b[0]
+        path = Path(b) if b else Path(default)
+        if not (path / "model_index.json").is_file():
+            raise DataError(path, f"not a diffusers pipeline folder (model_index.json missing); {self.name} takes "
+                                  f"{self.takes_backbone}")
+        return path
 
     def config(self):
         """What determines this detector besides the benchmark (part of its artifact key): its config, and the
@@ -63,6 +83,13 @@ class Detector:
     @classmethod
     def load(cls, folder: Path, p, run_dir) -> "Detector":
         return cls(p, run_dir)
+
+
+def default_generators(p, run_dir):
+    """The profile's stand-in backbones (verified zoo models, or the run directory's own for profiles without a zoo),
+    without building the benchmark itself."""
+    from .benchmark import train_generators
+    return train_generators(p, run_dir, progress=False)
 
 
 def register(name: str):
@@ -125,28 +152,108 @@ def fitted(name: str, p, run_dir, images: np.ndarray, df: pd.DataFrame, *, seed:
            val_mask=None, progress: bool = False, force: bool = False) -> Detector:
     """The detector `name` fitted on the train rows (default: split == train) with this seed, its threshold
     calibrated on the val rows (default: split == val); cached under `<run_dir>/artifacts/det-<name>-<hash>`."""
-    from .benchmark import method_artifact
-    cls = detector_class(name)
     train_mask = (df["split"] == "train").to_numpy() if train_mask is None else np.asarray(train_mask)
     val_mask = (df["split"] == "val").to_numpy() if val_mask is None else np.asarray(val_mask)
-    det = cls(p, run_dir)
-    art = method_artifact(run_dir, f"det-{name}", p, det.config(), seed, rows_key(df[train_mask], images[train_mask]),
-                          rows_key(df[val_mask], images[val_mask]))
+    det = detector_class(name)(p, run_dir)
+    art = detector_artifact(det, images, df, seed, train_mask, val_mask)
     if art.done and not force:
-        det = cls.load(art.path, p, run_dir)
-        meta = json.loads((art.path / "detector.json").read_text())
-        det.threshold, det.fit_s, det.folder = meta["threshold"], meta["fit_s"], art.path
-        return det
+        return load_detector(art.path, run_dir, p)
     out = art.begin()
-    t0 = time.perf_counter()
-    val = images[val_mask], df["label"].to_numpy()[val_mask]
-    info = det.fit(images[train_mask], df[train_mask].reset_index(drop=True), seed=seed, out_dir=out,
-                   progress=progress, val=val) if det.trains else {}
-    det.fit_s = round(time.perf_counter() - t0, 2)   # a fit resumed from a checkpoint counts only the resumed part
-    det.calibrate(*val, progress=progress)
-    det.save(out)
-    atomic_write_json(out / "detector.json", {"name": name, "threshold": det.threshold, "seed": seed,
-                                              "fit_s": det.fit_s, "info": info})
+    det = fit_detector(det, images[train_mask], df[train_mask].reset_index(drop=True), images[val_mask],
+                       df["label"].to_numpy()[val_mask], seed=seed, out=out, progress=progress)
     art.commit(seed=seed, timings_s={"fit": det.fit_s})
     det.folder = art.path
     return det
+
+
+def detector_artifact(det: Detector, images: np.ndarray, df: pd.DataFrame, seed: int, train_mask, val_mask):
+    """The cache folder of a detector fitted on these rows: the one key recipe of every artifact
+    (`benchmark.method_artifact`: the profile's benchmark configs) + the detector's config (its backbones' content
+    keys included) + the seed + the content of the train and validation rows."""
+    from .benchmark import method_artifact
+    return method_artifact(det.run_dir, f"det-{det.name}", det.p, det.config(), seed,
+                           rows_key(df[train_mask], images[train_mask]), rows_key(df[val_mask], images[val_mask]))
+
+
+def fit_detector(det: Detector, images: np.ndarray, df: pd.DataFrame, val_images: np.ndarray, val_labels, *,
+                 seed: int, out, progress: bool = False, extra: dict | None = None) -> Detector:
+    """Fit `det` on the rows (uint8 images + manifest rows; training checkpoints in `out`, so a rerun resumes),
+    calibrate its threshold on the validation images, and save it into `out` as a checkpoint `load_detector` reads:
+    the detector's files + detector.json (name, threshold, seed, the whole profile, config, backbone, `extra`)."""
+    from accelerate import PartialState
+    from .profiles import config_dict
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    info = det.fit(images, df, seed=seed, out_dir=out, progress=progress,
+                   val=(val_images, np.asarray(val_labels))) if det.trains else {}
+    det.fit_s = round(time.perf_counter() - t0, 2)   # a fit resumed from a checkpoint counts only the resumed part
+    det.calibrate(val_images, np.asarray(val_labels), progress=progress)
+    if PartialState().is_main_process:
+        det.save(out)
+        atomic_write_json(out / "detector.json", {
+            "name": det.name, "threshold": det.threshold, "seed": seed, "fit_s": det.fit_s, "info": info,
+            "profile": config_dict(det.p), "config": _jsonable(det.config()), "backbone": det.backbone,
+            "run_dir": str(det.run_dir.resolve()),
+            **(extra or {})})
+    det.folder = out
+    return det
+
+
+def _jsonable(x):
+    import dataclasses
+    from .profiles import config_dict
+    return config_dict(x) if dataclasses.is_dataclass(x) else json.loads(json.dumps(x, default=str))
+
+
+def load_detector(folder, run_dir=None, p=None) -> Detector:
+    """Any registered detector's checkpoint (a folder with detector.json): rebuilt with the profile (unless `p` is
+    given), run directory (where profiles without a zoo keep their stand-in backbones) and backbone it was trained
+    with. `DataError` when the folder is no checkpoint, or when what the detector depends on (its config, its
+    backbone's content, the distance network) differs here from what it was trained with."""
+    from .data.images import DataError
+    from .profiles import Profile, from_config_dict, get_profile
+    from .runs import checkpoint_meta
+    folder = Path(folder)
+    meta = checkpoint_meta(folder, "detector.json", "detector")
+    cls = detector_class(meta["name"])
+    try:
+        p = p or (from_config_dict(Profile, meta["profile"]) if meta.get("profile") else get_profile("default"))
+    except (TypeError, ValueError) as e:
+        raise DataError(folder, f"its recorded profile does not fit this code version ({e})") from None
+    det = cls.load(folder, p, run_dir or meta.get("run_dir") or folder)
+    det.backbone = meta.get("backbone")
+    if meta.get("config") is not None and _jsonable(det.config()) != meta["config"]:
+        raise DataError(folder, f"this {meta['name']} checkpoint was trained with other settings or backbone content "
+                                "than it would load with here (detector.json's config differs): retrain it")
+    det.threshold, det.fit_s, det.folder = meta["threshold"], meta.get("fit_s"), folder
+    return det
+
+
+def score_dataset(det: Detector, ds, *, batch_size: int = 64, num_workers: int = 0, progress: bool = False,
+                  accelerator=None) -> tuple[np.ndarray, list]:
+    """Every row of the lazy data set `ds` (`data.dataset.ImageDataset`) scored by `det` through a DataLoader,
+    never holding more than a batch: (scores (len(ds),), NaN where the file was bad; [(path, problem)]).
+
+    Under `accelerate launch` / `torchrun` each process scores a contiguous shard; the (row, score) pairs and the
+    problems are gathered on every process (`gather_object`), so the result is independent of the process count.
+    """
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+    from .progress import tqdm
+    state = accelerator.state if accelerator is not None else PartialState()
+    rows = np.array_split(np.arange(len(ds)), state.num_processes)[state.process_index]
+    loader = ds.loader(batch_size, num_workers, pin_memory=torch.cuda.is_available(), rows=rows)
+    pairs, problems = [], []
+    for b in tqdm(loader, desc=f"score {det.name}", disable=not (progress and state.is_main_process)):
+        problems += b.problems
+        if len(b.index):
+            s = np.asarray(det.score(b.images.numpy()), dtype=float)
+            pairs += list(zip(b.index.tolist(), s.tolist()))
+    if state.num_processes > 1:
+        pairs, problems = gather_object(pairs), gather_object(problems)
+    scores = np.full(len(ds), np.nan)
+    for i, s in pairs:
+        scores[i] = s
+    return scores, problems

@@ -275,3 +275,40 @@ def format_bias(p, run_dir, images, df, detectors=None, seeds=None, progress: bo
     long = pd.DataFrame(rows)
     metrics = [c for c in long.columns if c not in ("detector", "seed")]
     return mean_std_table(long, ["detector"], metrics), long
+
+
+def evaluate_checkpoints(checkpoints, dataset_for, *, batch_size: int = 64, num_workers: int = 0,
+                         progress: bool = False):
+    """Already-trained checkpoints (`detectors.load_detector`) on the `test` split of a lazy data set, streamed:
+    `dataset_for(detector)` gives the `ImageDataset` at that detector's input size. Each detector keeps the threshold
+    calibrated on validation data when it was trained. Returns (comparison: one row per detector x summary subset,
+    per_family: one row per detector x fake family, scores: one row per detector x test image (NaN = bad file),
+    runs: per detector its checkpoint, data provenance, images/s and bad files)."""
+    import time
+    from .data.dataset import check_split
+    from .detectors import load_detector, score_dataset
+    rows, fams, scores, runs = [], [], [], []
+    for folder in checkpoints:
+        det = load_detector(folder)
+        det.use_cache = False        # no per-image caches on data of unknown size
+        ds = dataset_for(det).subset("test")
+        test = check_split(ds.manifest, "test", ds.description.get("spec", "data set"))
+        t0 = time.perf_counter()
+        s, problems = score_dataset(det, ds, batch_size=batch_size, num_workers=num_workers, progress=progress)
+        wall = time.perf_counter() - t0
+        ok = ~np.isnan(s)
+        kept, y = test[ok].reset_index(drop=True), test["label"].to_numpy()[ok]
+        roles = set(kept["role"]) & {"seen", "held_out"}
+        subsets = summary_subsets(kept) if roles else {"all test": np.ones(len(kept), bool)}
+        for subset, m in subsets.items():
+            rows.append({"detector": det.name, "checkpoint": str(folder), "subset": subset,
+                         **summary(y[m], s[ok][m], det.threshold)})
+        fams.append(per_family_table(kept, s[ok], threshold=det.threshold).assign(detector=det.name,
+                                                                                checkpoint=str(folder)))
+        scores.append(pd.DataFrame({"detector": det.name, "checkpoint": str(folder), "path": test["path"],
+                                    "label": test["label"], "family": test["family"], "score": s}))
+        runs.append({"detector": det.name, "checkpoint": str(folder), "threshold": det.threshold,
+                     "data": ds.provenance(), "n_scored": int(ok.sum()), "wall_s": round(wall, 2),
+                     "images_per_s": round(len(ds) / max(wall, 1e-9), 2),
+                     "bad_files": [{"path": p, "problem": why} for p, why in problems]})
+    return (pd.DataFrame(rows), pd.concat(fams, ignore_index=True), pd.concat(scores, ignore_index=True), runs)

@@ -337,8 +337,8 @@ class UniGenDetDetector(Detector):
     """UniGenDet (GDUF stage) in the common protocol: trained on the given rows with their explanations and
     captions; the detection head's P(fake) is the score. The saved folder is a complete UniGenDet checkpoint."""
 
-    def __init__(self, p, run_dir):
-        super().__init__(p, run_dir)
+    def __init__(self, p, run_dir, backbone=None):
+        super().__init__(p, run_dir, backbone)
         self.cfg, self.model, self.history = p.gduf, None, []
 
     def config(self):
@@ -348,14 +348,19 @@ class UniGenDetDetector(Detector):
         return self.cfg
 
     def fit(self, images, df, *, seed, out_dir, progress=False, val=None):
+        missing = int((df["explanation"].fillna("") == "").sum())
+        if missing:
+            from .data.images import DataError
+            raise DataError("training rows", f"UniGenDet learns to explain: {missing} of {len(df)} rows have no "
+                                             "explanation (udet-mini and FakeClue JSON have them; folder layouts do not)")
         torch.manual_seed(seed)
         if self.p.zoo:   # fine-tune the pretrained unified model, as the paper fine-tunes BAGEL
             from . import zoo
             self.model = from_pretrained(self.cfg, zoo.path(self.p, "unified") / "unigendet")
         else:
             from diffusers import AutoencoderKL
-            from .benchmark import build_benchmark
-            vae = AutoencoderKL.from_pretrained(str(build_benchmark(self.p, self.run_dir, progress=False).generators.vae_path))
+            from .detectors import default_generators
+            vae = AutoencoderKL.from_pretrained(str(default_generators(self.p, self.run_dir).vae_path))
             texts = list(df["explanation"]) + list(df.loc[df["label"] == 0, "caption"])
             self.model = UniGenDet.build(self.cfg, vae, texts, self.p.data.resolution)
         with PeakRSS() as mem:

@@ -8,6 +8,8 @@ VGG backbone is ImageNet's when it is in the torch cache, otherwise random (the 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ..detectors import Detector, register
@@ -35,8 +37,10 @@ class Aeroblade(Detector):
     """Training-free: the only fitted quantity is the decision threshold (calibrated on validation data)."""
     trains = False
 
-    def __init__(self, p, run_dir):
-        super().__init__(p, run_dir)
+    takes_backbone = "AutoencoderKL folders (or pipeline folders with a vae/ subfolder), one or more"
+
+    def __init__(self, p, run_dir, backbone=None):
+        super().__init__(p, run_dir, backbone)
         self.cfg, self._vaes = p.aeroblade, None
         self.lpips = LPIPSDistance("vgg")
 
@@ -46,8 +50,18 @@ class Aeroblade(Detector):
                 "autoencoders": [content_key(q) for q in self.autoencoder_paths()]}
 
     def autoencoder_paths(self) -> list:
-        from ..benchmark import build_benchmark
-        return [build_benchmark(self.p, self.run_dir, progress=False).generators.vae_path, *self.cfg.extra_autoencoders]
+        """The given backbones, else the profile's VAE and `extra_autoencoders`; a pipeline folder means its vae/."""
+        from ..data.images import DataError
+        from ..detectors import default_generators
+        given = [self.backbone] if isinstance(self.backbone, str) else list(self.backbone or [])
+        paths = given or [default_generators(self.p, self.run_dir).vae_path, *self.cfg.extra_autoencoders]
+        out = []
+        for q in map(Path, paths):
+            q = q / "vae" if (q / "model_index.json").is_file() else q
+            if not (q / "config.json").is_file():
+                raise DataError(q, "not an AutoencoderKL folder (config.json missing) nor a pipeline folder with vae/")
+            out.append(q)
+        return out
 
     def autoencoders(self):
         if self._vaes is None:

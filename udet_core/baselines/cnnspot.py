@@ -101,8 +101,8 @@ def load_classifier(folder, widths) -> SmallResNet:
 class CNNSpot(Detector):
     """ResNet on pixels, Blur+JPEG augmentation (CNNSpot-style; small ResNet for the profile's resolution)."""
 
-    def __init__(self, p, run_dir):
-        super().__init__(p, run_dir)
+    def __init__(self, p, run_dir, backbone=None):
+        super().__init__(p, run_dir, backbone)
         self.cfg, self.net = p.cnnspot, None
 
     def config(self):

@@ -31,25 +31,28 @@ def dire_image(x: torch.Tensor, x_hat: torch.Tensor) -> np.ndarray:
 class Dire(Detector):
     """DDIM reconstruction error + ResNet. Reconstructions are cached per image content (shared by seeds)."""
 
-    def __init__(self, p, run_dir):
-        super().__init__(p, run_dir)
-        self.cfg, self.net, self._backbone = p.dire, None, None
+    takes_backbone = "a diffusers image-variation pipeline folder (DDIM inversion + reconstruction)"
+
+    def __init__(self, p, run_dir, backbone=None):
+        super().__init__(p, run_dir, backbone)
+        self.cfg, self.net, self._diffusion = p.dire, None, None
 
     def config(self):
         from ..runs import content_key
         return {"dire": asdict(self.cfg), "backbone": content_key(self.backbone_folder())}
 
     def backbone_folder(self) -> Path:
-        from ..benchmark import build_benchmark
-        return build_benchmark(self.p, self.run_dir, progress=False).generators.backbone_path
+        from ..detectors import default_generators
+        return self.single_backbone(self.backbone or default_generators(self.p, self.run_dir).backbone_path)
 
-    def backbone(self):
-        if self._backbone is None:
+    def diffusion(self):
+        """The frozen image-variation backbone whose DDIM round trip makes the DIRE images (loaded once)."""
+        if self._diffusion is None:
             from ..models.backbones import load_image_variation
-            self._backbone = load_image_variation(self.backbone_folder())
-            for m in (self._backbone.vae, self._backbone.image_encoder, self._backbone.unet):
+            self._diffusion = load_image_variation(self.backbone_folder())
+            for m in (self._diffusion.vae, self._diffusion.image_encoder, self._diffusion.unet):
                 m.eval().requires_grad_(False)
-        return self._backbone
+        return self._diffusion
 
     def dire_images(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
         """DIRE images of uint8 images, read from / written to a cache file keyed by the images' bytes, the
@@ -57,12 +60,12 @@ class Dire(Detector):
         from safetensors.torch import load_file, save
         from ..data.images import to_tensor
         from ..runs import array_key, atomic_write_bytes, content_key
-        bb = self.backbone()
+        bb = self.diffusion()
         key = config_hash("clamped", array_key(images), content_key(self.backbone_folder()), self.cfg.n_steps)
         cache = self.run_dir / "artifacts" / "dire-cache" / f"{key}.safetensors"
         if self.use_cache and cache.is_file():
             return load_file(str(cache))["dire"].numpy()
-        x = to_tensor(images, size=bb.resolution)
+        x = to_tensor(images)   # at the input size the data set's resolution policy gave them
         out = np.concatenate([dire_image(b, ddim_roundtrip(bb, b, self.cfg.n_steps))
                               for b in tqdm(x.split(self.cfg.batch_size), desc="DIRE reconstructions",
                                             disable=not progress)])

@@ -1,6 +1,7 @@
 """Readers that map real data set layouts onto the manifest schema (see `manifest.COLUMNS`).
 
 - DiffusionForensics: `{root}/{train,val,test}/{imagenet,celebahq,lsun_bedroom,...}/{real,adm,sdv1,...}/...`
+- GenImage: `{root}/{generator}/{train,val}/{ai,nature}/...`; GenImage's `val` is its test split
 - ForenSynths / CNNSpot: any folder tree with `0_real` and `1_fake` leaves, e.g. `{root}/test/progan/car/1_fake`
 - FakeClue JSON: a list of {"image", "label" (1 = real, 0 = fake), "conversations": [...]}
 """
@@ -33,6 +34,32 @@ def read_diffusionforensics(root) -> pd.DataFrame:
                                  "domain": ds_dir.name, "split": split_dir.name, "role": "real" if real else ""})
     if not rows:
         raise DataError(root, "no images found in a {split}/{dataset}/{generator}/ layout")
+    return validate(new_manifest(rows), root)
+
+
+GENIMAGE_SPLITS = {"train": "train", "val": "test"}   # GenImage's `val` folders are the benchmark's test set
+
+
+def read_genimage(root) -> pd.DataFrame:
+    """Map `{root}/{generator}/{train,val}/{ai,nature}/**/image` onto the manifest: `nature` is real, `ai` fake;
+    GenImage's `val` is the test split (it has no validation split: carve one from train, `split_validation`)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "GenImage root folder does not exist")
+    rows = []
+    for gen_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for folder, split in GENIMAGE_SPLITS.items():
+            for kind in ("nature", "ai"):
+                d = gen_dir / folder / kind
+                if not d.is_dir():
+                    continue
+                real = kind == "nature"
+                for f in list_images(d):
+                    rows.append({"path": str(f), "label": REAL if real else FAKE,
+                                 "family": "real" if real else gen_dir.name, "generator": gen_dir.name,
+                                 "domain": gen_dir.name, "split": split, "role": "real" if real else ""})
+    if not rows:
+        raise DataError(root, "no images found in a {generator}/{train,val}/{ai,nature}/ layout")
     return validate(new_manifest(rows), root)
 
 

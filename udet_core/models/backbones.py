@@ -90,15 +90,17 @@ class ImageVariation:
 
     @property
     def resolution(self) -> int:
-        return int(self.image_encoder.config.image_size)
+        """The pixel resolution the UNet was built for: its latent sample size x the VAE's down factor (stand-in:
+        the benchmark's resolution; Stable Diffusion v1: 64 x 8 = 512). The UNet itself takes any multiple of it."""
+        return int(self.unet.config.sample_size) * 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
     def latent_scale(self) -> float:
         return float(self.vae.config.scaling_factor)
 
     def clip_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """[-1, 1] images -> CLIP-normalised pixels at the encoder's resolution (differentiable)."""
-        size = self.resolution
+        """[-1, 1] images -> CLIP-normalised pixels at the encoder's input size (differentiable; SD-IV: 224)."""
+        size = int(self.image_encoder.config.image_size)
         if x.shape[-1] != size:
             x = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
         mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)

@@ -1,0 +1,232 @@
+"""One data-set spec accepted everywhere, read lazily from disk (torch `Dataset` + `DataLoader`).
+
+A spec is one of
+  - `udet-mini`: the embedded benchmark (synthetic stand-in), built or reused for the profile;
+  - a manifest CSV (`manifest.COLUMNS`);
+  - a FakeClue JSON file (its rows are the train split if the file name contains "train", else the test split);
+  - a folder in DiffusionForensics, GenImage or `0_real/1_fake` layout (detected; see `detect_layout`).
+
+Images of any size reach a detector through one named resolution policy (`POLICIES`), recorded in every result's
+provenance: resizing rewrites exactly the high-frequency traces detectors read, so it is never done silently.
+Bad files are reported (path + reason) by the batch that met them and skipped; rows keep their manifest index,
+so a skipped file never shifts a label.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .images import DataError, center_crop_resize, load_rgb
+from .manifest import FAKE, REAL, SPLITS, read_manifest
+from .readers import read_diffusionforensics, read_fakeclue, read_genimage, read_real_fake_folders
+
+POLICIES = {
+    "center-crop": "the central SxS pixels at native scale (no resampling); smaller images are reported, not upscaled",
+    "resize": "the largest central square, resampled (Lanczos) to SxS; upscales small images on request",
+    "native": "native resolution, centre-cropped to a multiple of the model's down factor; batched one size at a time",
+}
+EMBEDDED = "udet-mini"
+
+
+# ------------------------------------------------------------------ resolution policies
+
+def center_crop(a: np.ndarray, size: int) -> np.ndarray:
+    """The central size x size pixels of an (H, W, 3) image, no resampling (policy `center-crop`)."""
+    h, w = a.shape[:2]
+    if min(h, w) < size:
+        raise ValueError(f"image is {w}x{h}, smaller than the detector's input {size}x{size} (policy center-crop "
+                         "never upscales; choose --policy resize to upscale it deliberately)")
+    top, left = (h - size) // 2, (w - size) // 2
+    return a[top:top + size, left:left + size]
+
+
+def crop_to_multiple(a: np.ndarray, multiple: int) -> np.ndarray:
+    """Centre-crop (H, W, 3) to the largest multiple of `multiple` on each side (policy `native`)."""
+    h, w = a.shape[:2]
+    nh, nw = h - h % multiple, w - w % multiple
+    if min(nh, nw) == 0:
+        raise ValueError(f"image is {w}x{h}, smaller than the model's down factor {multiple}")
+    top, left = (h - nh) // 2, (w - nw) // 2
+    return a[top:top + nh, left:left + nw]
+
+
+def apply_policy(a: np.ndarray, policy: str, size: int, multiple: int = 8) -> np.ndarray:
+    """An (H, W, 3) uint8 image as the detector sees it under `policy` (`POLICIES`)."""
+    if policy == "center-crop":
+        return center_crop(a, size)
+    if policy == "resize":
+        return a if a.shape[:2] == (size, size) else center_crop_resize(a, size)
+    if policy == "native":
+        return crop_to_multiple(a, multiple)
+    raise ValueError(f"unknown resolution policy {policy!r}; choose one of {list(POLICIES)}")
+
+
+# ------------------------------------------------------------------ specs
+
+LAYOUTS = {"DiffusionForensics": "{split}/{dataset}/{generator}/...", "GenImage": "{generator}/{train,val}/{ai,nature}/...",
+           "0_real/1_fake": ".../0_real/... and .../1_fake/..."}
+
+
+def detect_layout(root) -> str:
+    """Which of `LAYOUTS` a folder is in; `DataError` naming the folder and the layouts tried if none."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "data folder does not exist")
+    children = [c for c in root.iterdir() if c.is_dir()]
+    if any({"0_real", "1_fake"} & set(dirs) for _, dirs, _ in os.walk(root)):
+        return "0_real/1_fake"
+    if children and all(c.name in SPLITS for c in children):
+        return "DiffusionForensics"
+    if children and any((c / s / k).is_dir() for c in children for s in ("train", "val") for k in ("ai", "nature")):
+        return "GenImage"
+    raise DataError(root, "this folder matches no known data set layout; tried "
+                          + "; ".join(f"{k} ({v})" for k, v in LAYOUTS.items()))
+
+
+def read_spec(spec, p=None, run_dir=None) -> tuple[pd.DataFrame, dict]:
+    """(manifest, description) of a data-set spec (module docstring); `p` and `run_dir` only for `udet-mini`."""
+    if str(spec) == EMBEDDED:
+        from ..benchmark import build_benchmark
+        from ..profiles import get_profile
+        from ..runner import default_run_dir
+        p = p or get_profile("default")
+        bench = build_benchmark(p, run_dir or default_run_dir(p.name), progress=False)
+        return read_manifest(bench.manifest_path), {"spec": EMBEDDED, "layout": "udet-mini (synthetic stand-in)",
+                                                   "profile": p.name}
+    path = Path(spec)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        df, layout = read_manifest(path), "manifest CSV"
+    elif path.is_file() and path.suffix.lower() == ".json":   # FakeClue ships train.json and test.json
+        split = "train" if "train" in path.stem.lower() else "test"
+        df, layout = read_fakeclue(path, split=split), f"FakeClue JSON ({split} split)"
+    elif path.is_dir():
+        layout = detect_layout(path)
+        reader = {"DiffusionForensics": read_diffusionforensics, "GenImage": read_genimage,
+                  "0_real/1_fake": read_real_fake_folders}[layout]
+        df = reader(path)
+    elif path.exists():
+        raise DataError(path, "not a data set: expected a manifest .csv, a FakeClue .json or a folder")
+    else:
+        raise DataError(path, f"data set spec resolves to nothing: no such file or folder (or use {EMBEDDED!r})")
+    return df, {"spec": str(path.resolve()), "layout": layout}
+
+
+def check_split(df: pd.DataFrame, split: str, where) -> pd.DataFrame:
+    """The rows of `split`; `DataError` naming `where` if it has no reals or no fakes."""
+    rows = df[df["split"] == split]
+    n_real, n_fake = int((rows["label"] == REAL).sum()), int((rows["label"] == FAKE).sum())
+    if not n_real or not n_fake:
+        raise DataError(where, f"the {split!r} split has {n_real} real and {n_fake} fake images; it needs both")
+    return rows
+
+
+def split_validation(df: pd.DataFrame, fraction: float, seed: int = 0) -> pd.DataFrame:
+    """Carve a `val` split from `train` (never from `test`): within every (label, generator) stratum, a share
+    `fraction` of its source groups (rows with the same non-empty `source` stay together; else single rows)."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"--val-fraction must lie in (0, 1), got {fraction}")
+    df = df.copy()
+    rng = np.random.default_rng(seed)
+    train = df[df["split"] == "train"]
+    for _, stratum in train.groupby(["label", "generator"]):
+        groups = stratum["source"].where(stratum["source"] != "", stratum.index.astype(str))
+        names = np.array(sorted(groups.unique()))
+        n = int(round(fraction * len(names)))
+        if n == 0 or n == len(names):
+            continue   # too small a stratum to split: it stays in train
+        chosen = set(rng.choice(names, n, replace=False))
+        df.loc[stratum.index[groups.isin(chosen).to_numpy()], "split"] = "val"
+    return df
+
+
+# ------------------------------------------------------------------ the lazy data set
+
+@dataclass
+class Batch:
+    """What the loader yields: the images that loaded (uint8 (N, H, W, 3)), their row indices in the data set,
+    and the (path, problem) of every file of this batch that did not."""
+    images: torch.Tensor
+    index: torch.Tensor
+    problems: list = field(default_factory=list)
+
+    def pin_memory(self) -> "Batch":
+        return Batch(self.images.pin_memory(), self.index.pin_memory(), self.problems)
+
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        return Batch(self.images.to(device, non_blocking=non_blocking), self.index.to(device), self.problems)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Rows of a manifest, each image read, checked and brought to the detector's input by `policy` on access."""
+
+    def __init__(self, manifest: pd.DataFrame, size: int, policy: str = "center-crop", multiple: int = 8,
+                 convert: bool = False, description: dict | None = None):
+        if policy not in POLICIES:
+            raise ValueError(f"unknown resolution policy {policy!r}; choose one of {list(POLICIES)}")
+        self.manifest = manifest.reset_index(drop=True)
+        self.size, self.policy, self.multiple, self.convert = size, policy, multiple, convert
+        self.description = dict(description or {})
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __getitem__(self, i: int) -> dict:
+        path = self.manifest["path"].iat[i]
+        try:
+            a = apply_policy(load_rgb(path, convert=self.convert), self.policy, self.size, self.multiple)
+        except DataError as e:
+            return {"index": i, "image": None, "problem": (e.path, e.problem)}
+        except ValueError as e:
+            return {"index": i, "image": None, "problem": (str(path), str(e))}
+        return {"index": i, "image": torch.from_numpy(np.array(a)), "problem": None}   # a writable copy
+
+    def subset(self, split: str) -> "ImageDataset":
+        """The rows of one split (a new data set; indices restart at 0)."""
+        rows = self.manifest[self.manifest["split"] == split]
+        return ImageDataset(rows, self.size, self.policy, self.multiple, self.convert,
+                            {**self.description, "split": split})
+
+    def provenance(self) -> dict:
+        """What every result computed on this data set records about it."""
+        return {**self.description, "n_rows": len(self), "policy": self.policy, "policy_means": POLICIES[self.policy],
+                "size": self.size, **({"multiple": self.multiple} if self.policy == "native" else {})}
+
+    def loader(self, batch_size: int = 64, num_workers: int = 0, shuffle: bool = False, seed: int = 0,
+               pin_memory: bool = False, rows=None) -> torch.utils.data.DataLoader:
+        """A DataLoader of `Batch`es over all rows or the given `rows` (policy `native`: batch size 1, images
+        differ in size); a batch's `index` is always the row's index in this data set."""
+        g = torch.Generator().manual_seed(seed)
+        data = self if rows is None else torch.utils.data.Subset(self, [int(r) for r in rows])
+        return torch.utils.data.DataLoader(data, batch_size=1 if self.policy == "native" else batch_size,
+                                           shuffle=shuffle, num_workers=num_workers, collate_fn=collate, generator=g,
+                                           pin_memory=pin_memory, persistent_workers=False)
+
+    def load(self, progress: bool = False, batch_size: int = 64, num_workers: int = 0):
+        """(uint8 array (n, S, S, 3) of the rows that loaded, those manifest rows, problems): the in-memory path,
+        for sets that fit in memory (training sets at the model's input size)."""
+        from ..progress import tqdm
+        images, index, problems = [], [], []
+        for b in tqdm(self.loader(batch_size, num_workers), desc="load images", disable=not progress):
+            images.append(b.images.numpy()), index.append(b.index.numpy()), problems.extend(b.problems)
+        index = np.concatenate(index) if index else np.zeros(0, int)
+        arr = np.concatenate(images) if images else np.zeros((0, self.size, self.size, 3), np.uint8)
+        return arr, self.manifest.iloc[index].reset_index(drop=True), problems
+
+
+def collate(items: list[dict]) -> Batch:
+    good = [it for it in items if it["image"] is not None]
+    images = (torch.stack([it["image"] for it in good]) if good else torch.zeros((0, 0, 0, 3), dtype=torch.uint8))
+    return Batch(images, torch.tensor([it["index"] for it in good], dtype=torch.long),
+                 [it["problem"] for it in items if it["image"] is None])
+
+
+def open_dataset(spec=EMBEDDED, *, size: int, policy: str = "center-crop", p=None, run_dir=None,
+                 multiple: int = 8, convert: bool = False) -> ImageDataset:
+    """The data set a spec names (module docstring), read lazily at the detector's input `size` under `policy`."""
+    df, description = read_spec(spec, p, run_dir)
+    return ImageDataset(df, size, policy, multiple, convert, description)
