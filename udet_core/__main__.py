@@ -84,7 +84,8 @@ def main(argv=None) -> int:
 
 
     be = sub.add_parser("bench", help="performance benchmarks")
-    be.add_argument("what", choices=["craft-cache", "craft-detect", "craft-distance", "make-tree", "streaming"])
+    be.add_argument("what", choices=["craft-cache", "craft-detect", "craft-distance", "make-tree", "streaming",
+                                     "real-architecture"])
     _run_args(be, force=False)
     be.add_argument("--n-steps", type=int, default=50)
     be.add_argument("--k", type=int, default=15)
@@ -93,10 +94,17 @@ def main(argv=None) -> int:
     be.add_argument("--out", default=None, help="for make-tree: the folder to write the synthetic 0_real/1_fake tree")
     be.add_argument("--n-train", type=int, default=2000, help="for make-tree")
     be.add_argument("--n-test", type=int, default=8000, help="for make-tree (half reals, half fakes)")
-    be.add_argument("--size", type=int, default=512, help="for make-tree: image side in pixels")
+    be.add_argument("--size", type=int, default=None,
+                    help="image side in pixels: for make-tree (default 512) and real-architecture (default 256)")
     be.add_argument("--data", default=None, help="for streaming: the data set spec (its test split is read)")
     be.add_argument("--n", type=int, default=1000, help="for streaming: images (a subset that fits in memory)")
     be.add_argument("--workers", type=int, default=2, help="for streaming: DataLoader workers")
+    be.add_argument("--widths", default="sd-v1", choices=["sd-v1", "reduced"],
+                    help="for real-architecture: Stable Diffusion v1's sizes or the same blocks at reduced widths")
+    be.add_argument("--modules", default="decoder,encoder,encoder+decoder",
+                    help="for real-architecture: CRAFT module choices to train, comma-separated ('all', 'unet', ...)")
+    be.add_argument("--budget-mb", type=int, default=17_000,
+                    help="for real-architecture: skip a choice whose parameter memory alone exceeds this")
 
     a = ap.parse_args(argv)
     from .data.images import DataError
@@ -137,10 +145,18 @@ def _run(ap, a) -> int:
         from .profiles import get_profile
         from .runner import default_run_dir
         p, run_dir = get_profile(a.profile, seed=a.seed), a.run_dir or default_run_dir(a.profile)
-        if a.what == "make-tree":
+        if a.what == "real-architecture":
+            if not a.out:
+                ap.error("real-architecture needs --out")
+            from .models.real_architecture import real_architecture_bench
+            import pandas as pd
+            rows = real_architecture_bench(a.out, a.widths, a.size or 256,
+                                           [m for m in a.modules.split(",") if m], seed=a.seed, budget_mb=a.budget_mb)
+            print(pd.DataFrame(rows).drop(columns="error", errors="ignore").to_string(index=False))
+        elif a.what == "make-tree":
             if not a.out:
                 ap.error("make-tree needs --out")
-            print(json.dumps(bench.synthetic_tree(a.out, a.n_train, a.n_test, a.size, a.seed), indent=2))
+            print(json.dumps(bench.synthetic_tree(a.out, a.n_train, a.n_test, a.size or 512, a.seed), indent=2))
         elif a.what == "streaming":
             if not (a.checkpoint and a.data):
                 ap.error("streaming needs --checkpoint and --data")

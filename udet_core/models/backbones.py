@@ -139,6 +139,7 @@ def load_image_variation(path) -> ImageVariation:
         raise DataError(path, "not a diffusers pipeline folder (model_index.json missing)")
     pipe = StableDiffusionImageVariationPipeline.from_pretrained(str(path), safety_checker=None,
                                                                  requires_safety_checker=False)
+    pipe.to(dtype=torch.float32)   # a half-precision folder: diffusers upcasts UNet and VAE, transformers keeps CLIP
     scheduler = pipe.scheduler if isinstance(pipe.scheduler, DDIMScheduler) else ddim_from_config(pipe.scheduler.config)
     return ImageVariation(pipe.vae.eval(), pipe.image_encoder.eval(), pipe.unet.eval(), scheduler,
                           pipe.feature_extractor)
