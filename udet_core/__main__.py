@@ -163,7 +163,7 @@ def _run(ap, a) -> int:
             import pandas as pd
             from .detectors import load_detector
             det = load_detector(a.checkpoint)
-            ds = _dataset_for(argparse.Namespace(policy=None), det, a.data).subset("test")
+            ds = _dataset_for(det, a.data).subset("test")
             print(pd.DataFrame(bench.streaming(det, ds, a.n, workers=a.workers)).to_string(index=False))
         elif a.what == "craft-cache":
             print(json.dumps(bench.craft_cache(p, run_dir, a.n_steps, a.k, modules=a.train.split(",")), indent=2))
@@ -230,15 +230,18 @@ def _train(a) -> int:
     return 0
 
 
-def _dataset_for(a, det, spec):
-    """The lazy data set a loaded detector scores: its input size, the --policy or the one it was trained with."""
+def _input_of(det, policy=None) -> tuple[str, int]:
+    """(resolution policy, input size) a loaded detector scores with: `policy` or the one it was trained with."""
     import json
     from pathlib import Path
-    from .data.dataset import open_dataset
     trained = json.loads((Path(det.folder) / "detector.json").read_text()).get("data", {})
-    policy, size = a.policy or trained.get("policy", "center-crop"), det.p.data.resolution
-    if spec is None:
-        return policy, size
+    return policy or trained.get("policy", "center-crop"), det.p.data.resolution
+
+
+def _dataset_for(det, spec, policy=None):
+    """The lazy data set a loaded detector scores, at its input size and policy (`_input_of`)."""
+    from .data.dataset import open_dataset
+    policy, size = _input_of(det, policy)
     return open_dataset(spec, size=size, policy=policy, p=det.p)
 
 
@@ -262,7 +265,7 @@ def _detect(a) -> int:
         if det.name != "craft":
             raise DataError(a.checkpoint, f"--fast is CRAFT-fast; this is a {det.name} checkpoint")
         det.fast, det.threshold = True, det.threshold_fast
-    policy, size = _dataset_for(a, det, None)
+    policy, size = _input_of(det, a.policy)
     ds = ImageDataset(pd.DataFrame({"path": [str(q) for q in paths]}), size, policy)
     import time
     t0 = time.perf_counter()
@@ -291,7 +294,7 @@ def _evaluate(a) -> int:
     from .runs import PeakRSS, Timer, atomic_write_json, provenance, write_table
     out, timer = Path(a.out), Timer()
     with PeakRSS() as mem, timer("evaluate"):
-        comp, fam, scores, runs = evaluate_checkpoints(a.checkpoint, lambda det: _dataset_for(a, det, a.data),
+        comp, fam, scores, runs = evaluate_checkpoints(a.checkpoint, lambda det: _dataset_for(det, a.data, a.policy),
                                                        batch_size=a.batch_size, num_workers=a.workers, progress=True)
     if not _main_process():   # under accelerate launch / torchrun every process holds the gathered scores
         return 0

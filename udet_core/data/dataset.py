@@ -157,9 +157,6 @@ class Batch:
     def pin_memory(self) -> "Batch":
         return Batch(self.images.pin_memory(), self.index.pin_memory(), self.problems)
 
-    def to(self, device, non_blocking: bool = False) -> "Batch":
-        return Batch(self.images.to(device, non_blocking=non_blocking), self.index.to(device), self.problems)
-
 
 class ImageDataset(torch.utils.data.Dataset):
     """Rows of a manifest, each image read, checked and brought to the detector's input by `policy` on access."""
