@@ -23,7 +23,8 @@ class Brightness(Detector):
     """A toy detector: the distance of an image's mean brightness from the real training images' mean."""
     fitted_on = []
 
-    def fit(self, images, df, *, seed, out_dir, progress=False, val=None):
+    def fit(self, train, *, seed, out_dir, progress=False, val=None, workers=0):
+        images, df, _ = train.load()
         Brightness.fitted_on.append(set(df["split"]))
         self.mu = float(images[df["label"].to_numpy() == 0].mean()) + seed * 0.01
         return {"mu": self.mu}
@@ -161,18 +162,18 @@ def _vae_path(p, run_dir):
     return build_benchmark(p, run_dir, progress=False).generators.vae_path
 
 
-def test_cnnspot_augmentation_is_seeded_and_switchable():
+def test_cnnspot_augmentation_is_keyed_by_the_draw_and_switchable():
     from udet_core.baselines.cnnspot import blur_jpeg_augment
     from udet_core.profiles import ClassifierConfig
-    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8))
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
     off = ClassifierConfig(blur_prob=0.0, jpeg_prob=0.0)
     on = ClassifierConfig(blur_prob=1.0, jpeg_prob=1.0)
-    assert torch.equal(blur_jpeg_augment(x, off), x)
-    torch.manual_seed(0)
-    a = blur_jpeg_augment(x, on)
-    torch.manual_seed(0)
-    b = blur_jpeg_augment(x, on)
-    assert torch.equal(a, b) and not torch.equal(a, x)
+    assert torch.equal(blur_jpeg_augment((x, 1), np.random.default_rng((0, 3, 1)), off)[0], x)
+    a, label = blur_jpeg_augment((x, 1), np.random.default_rng((0, 3, 1)), on)
+    b, _ = blur_jpeg_augment((x, 1), np.random.default_rng((0, 3, 1)), on)    # the same draw key: the same result
+    c, _ = blur_jpeg_augment((x, 1), np.random.default_rng((0, 3, 2)), on)    # another position: another draw
+    assert label == 1 and a.dtype == torch.uint8 and a.shape == x.shape
+    assert torch.equal(a, b) and not torch.equal(a, x) and not torch.equal(a, c)
 
 
 def test_craft_scores_through_the_prefix_cache_equal_fresh_scores(bench):

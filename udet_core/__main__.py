@@ -215,18 +215,15 @@ def _train(a) -> int:
         raise DataError(where, "has no 'val' split to calibrate the threshold on: pass --val-fraction F to carve one "
                                "from train (never from test)")
     check_split(ds.manifest, "val", where)
-    parts = {s: ds.subset(s).load(progress=True, batch_size=a.batch_size, num_workers=a.workers)
-             for s in ("train", "val")}
-    bad = [{"path": q, "problem": why} for s in parts for q, why in parts[s][2]]
-    (x, rows, _), (xv, vrows, _) = parts["train"], parts["val"]
-    det = fit_detector(det, x, rows, xv, vrows["label"].to_numpy(), seed=a.seed, out=out, progress=True,
-                       extra={"data": ds.provenance(), "n_train": len(rows), "n_val": len(vrows), "bad_files": bad})
+    train, val = ds.subset("train"), ds.subset("val")
+    det = fit_detector(det, train, val, seed=a.seed, out=out, progress=True, workers=a.workers,
+                       extra={"data": ds.provenance(), "n_train": len(train), "n_val": len(val)})
     if not _main_process():
         return 0
     from accelerate import PartialState
-    print(f"{a.detector} trained by {PartialState().num_processes} process(es) on {len(rows)} images ({where}); threshold {det.threshold:.4g} from {len(vrows)} "
-          f"validation images -> {out}")
-    _report_bad([(b["path"], b["problem"]) for b in bad])
+    print(f"{a.detector} trained by {PartialState().num_processes} process(es) on the {len(train)} train rows of "
+          f"{where}; threshold {det.threshold:.4g} from its {len(val)} validation rows -> {out} "
+          "(files that could not be read were reported above and skipped)")
     return 0
 
 

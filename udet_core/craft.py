@@ -606,11 +606,13 @@ class CraftDetector(Detector):
     def _backbone(self):
         return self.single_backbone(self.backbone or default_generators(self.p, self.run_dir).backbone_path)
 
-    def fit(self, images, df, *, seed, out_dir, progress=False, val=None):
+    def fit(self, train, *, seed, out_dir, progress=False, val=None, workers=0):
         torch.manual_seed(seed)
         self.model = Craft.from_backbone(self._backbone(), self.cfg)
+        images, df, _ = train.load(progress=progress, num_workers=workers)   # CRAFT trains in memory (see README)
+        val_images, val_df, _ = val.load(progress=progress, num_workers=workers)
         self.history = fit_craft(self.model, images, df, seed=seed, out_dir=out_dir, cache_dir=cache_dir(self.run_dir),
-                                 progress=progress, val=val)
+                                 progress=progress, val=(val_images, val_df["label"].to_numpy()))
         self.model.eval()
         checks = [h for h in self.history if "val_auc" in h]
         return {"final_loss": self.history[-1]["craft_loss"] if self.history else None,
@@ -629,9 +631,13 @@ class CraftDetector(Detector):
         """P(fake) of full-mode CRAFT (with `fast`: CRAFT-fast, a different detector with its own threshold)."""
         return self._scores(images, fast=self.fast, progress=progress)
 
-    def calibrate(self, images, labels, *, progress=False):
-        super().calibrate(images, labels, progress=progress)
-        fast = self._scores(images, fast=True, progress=progress)
+    def calibrate(self, val, *, progress=False, workers=0):
+        super().calibrate(val, progress=progress, workers=workers)
+        self.fast = True
+        try:
+            fast, labels = self.validation_scores(val, progress=progress, workers=workers)
+        finally:
+            self.fast = False
         self.model.threshold, self.threshold_fast = self.threshold, calibrate_threshold(fast, labels)
 
     def save(self, folder):

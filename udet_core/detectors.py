@@ -2,8 +2,9 @@
 
 A detector is a class with
   - `__init__(p, run_dir)`  its settings come from the profile; `run_dir` holds the benchmark's backbones;
-  - `fit(images, df, seed, out_dir, progress)`  train on these rows (uint8 NHWC images + manifest rows);
-    training-free detectors set `trains = False` and inherit a `fit` that does nothing;
+  - `fit(train, seed, out_dir, progress, val, workers)`  train on a data set of rows (`data.dataset`: streamed
+    from disk, or `ArrayDataset` in memory); training-free detectors set `trains = False` and inherit a `fit` that
+    does nothing;
   - `score(images, progress) -> np.ndarray`  one score per image, higher = more likely fake;
   - `save(folder)` / `load(folder, p, run_dir)`.
 and one registration: `@register("name")`. The harness (`fitted`) caches each fitted detector as an artifact,
@@ -44,6 +45,7 @@ class Detector:
             from .data.images import DataError
             raise DataError(backbone if isinstance(backbone, str) else backbone[0], f"{self.name} takes no backbone")
         self.p, self.run_dir, self.backbone = p, Path(run_dir), backbone
+        self.bad_files: list[dict] = []   # {"path", "problem"} of the files fit and calibration skipped
 
     def single_backbone(self, default) -> Path:
         """The one diffusers pipeline folder this detector reads: the given `backbone`, else `default`."""
@@ -64,18 +66,30 @@ class Detector:
         content keys of any backbone it reads and the resolved names of any distance it uses."""
         return None
 
-    def fit(self, images: np.ndarray, df: pd.DataFrame, *, seed: int, out_dir: Path, progress: bool = False,
-            val: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
-        """Train on the rows (uint8 images + manifest rows); `val` = (images, labels) of the validation rows, for a
-        detector that stops early on them (never the test split). Returns what to record about the fit."""
+    def fit(self, train, *, seed: int, out_dir: Path, progress: bool = False, val=None, workers: int = 0) -> dict:
+        """Train on the rows of the data set `train` (`data.dataset.ImageDataset`, streamed with `workers`
+        DataLoader workers, or `ArrayDataset`); `val` = the validation rows, for a detector that stops early on
+        them (never the test split). Returns what to record about the fit."""
         return {}
 
     def score(self, images: np.ndarray, *, progress: bool = False) -> np.ndarray:
         raise NotImplementedError
 
-    def calibrate(self, images: np.ndarray, labels: np.ndarray, *, progress: bool = False) -> None:
-        """Set the decision threshold from validation images (never the test split)."""
-        self.threshold = calibrate_threshold(self.score(images, progress=progress), labels)
+    def calibrate(self, val, *, progress: bool = False, workers: int = 0) -> None:
+        """Set the decision threshold from the validation data set `val` (never the test split)."""
+        s, labels = self.validation_scores(val, progress=progress, workers=workers)
+        self.threshold = calibrate_threshold(s, labels)
+
+    def validation_scores(self, val, *, progress: bool = False, workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, labels) of the rows of `val` that could be read: streamed through `score_dataset`, or, in
+        memory (`ArrayDataset`), scored in one call (which shares per-array caches with early stopping)."""
+        from .data.dataset import ArrayDataset
+        if isinstance(val, ArrayDataset):
+            return np.asarray(self.score(val.images, progress=progress), float), val.manifest["label"].to_numpy()
+        s, problems = score_dataset(self, val, batch_size=256, num_workers=workers, progress=progress)
+        self.bad_files += [{"path": str(path), "problem": why} for path, why in problems]
+        ok = ~np.isnan(s)
+        return s[ok], val.manifest["label"].to_numpy()[ok]
 
     def save(self, folder: Path) -> None:
         pass
@@ -152,6 +166,7 @@ def fitted(name: str, p, run_dir, images: np.ndarray, df: pd.DataFrame, *, seed:
            val_mask=None, progress: bool = False, force: bool = False) -> Detector:
     """The detector `name` fitted on the train rows (default: split == train) with this seed, its threshold
     calibrated on the val rows (default: split == val); cached under `<run_dir>/artifacts/det-<name>-<hash>`."""
+    from .data.dataset import ArrayDataset
     train_mask = (df["split"] == "train").to_numpy() if train_mask is None else np.asarray(train_mask)
     val_mask = (df["split"] == "val").to_numpy() if val_mask is None else np.asarray(val_mask)
     det = detector_class(name)(p, run_dir)
@@ -159,8 +174,8 @@ def fitted(name: str, p, run_dir, images: np.ndarray, df: pd.DataFrame, *, seed:
     if art.done and not force:
         return load_detector(art.path, run_dir, p)
     out = art.begin()
-    det = fit_detector(det, images[train_mask], df[train_mask].reset_index(drop=True), images[val_mask],
-                       df["label"].to_numpy()[val_mask], seed=seed, out=out, progress=progress)
+    det = fit_detector(det, ArrayDataset(images[train_mask], df[train_mask]),
+                       ArrayDataset(images[val_mask], df[val_mask]), seed=seed, out=out, progress=progress)
     art.commit(seed=seed, timings_s={"fit": det.fit_s})
     det.folder = art.path
     return det
@@ -175,26 +190,25 @@ def detector_artifact(det: Detector, images: np.ndarray, df: pd.DataFrame, seed:
                            rows_key(df[train_mask], images[train_mask]), rows_key(df[val_mask], images[val_mask]))
 
 
-def fit_detector(det: Detector, images: np.ndarray, df: pd.DataFrame, val_images: np.ndarray, val_labels, *,
-                 seed: int, out, progress: bool = False, extra: dict | None = None) -> Detector:
-    """Fit `det` on the rows (uint8 images + manifest rows; training checkpoints in `out`, so a rerun resumes),
-    calibrate its threshold on the validation images, and save it into `out` as a checkpoint `load_detector` reads:
-    the detector's files + detector.json (name, threshold, seed, the whole profile, config, backbone, `extra`)."""
+def fit_detector(det: Detector, train, val, *, seed: int, out, progress: bool = False, workers: int = 0,
+                 extra: dict | None = None) -> Detector:
+    """Fit `det` on the data set `train` (training checkpoints in `out`, so a rerun resumes), calibrate its
+    threshold on the data set `val`, and save it into `out` as a checkpoint `load_detector` reads: the detector's
+    files + detector.json (name, threshold, seed, the whole profile, config, backbone, `extra`)."""
     from accelerate import PartialState
     from .profiles import config_dict
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    info = det.fit(images, df, seed=seed, out_dir=out, progress=progress,
-                   val=(val_images, np.asarray(val_labels))) if det.trains else {}
+    info = det.fit(train, seed=seed, out_dir=out, progress=progress, val=val, workers=workers) if det.trains else {}
     det.fit_s = round(time.perf_counter() - t0, 2)   # a fit resumed from a checkpoint counts only the resumed part
-    det.calibrate(val_images, np.asarray(val_labels), progress=progress)
+    det.calibrate(val, progress=progress, workers=workers)
     if PartialState().is_main_process:
         det.save(out)
         atomic_write_json(out / "detector.json", {
             "name": det.name, "threshold": det.threshold, "seed": seed, "fit_s": det.fit_s, "info": info,
             "profile": config_dict(det.p), "config": _jsonable(det.config()), "backbone": det.backbone,
-            "run_dir": str(det.run_dir.resolve()),
+            "run_dir": str(det.run_dir.resolve()), "bad_files": det.bad_files,
             **(extra or {})})
     det.folder = out
     return det

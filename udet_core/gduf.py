@@ -347,7 +347,8 @@ class UniGenDetDetector(Detector):
             return {"gduf": asdict(self.cfg), "pretrained": zoo.content_key(self.p, "unified")}
         return self.cfg
 
-    def fit(self, images, df, *, seed, out_dir, progress=False, val=None):
+    def fit(self, train, *, seed, out_dir, progress=False, val=None, workers=0):
+        df = train.manifest
         missing = int((df["explanation"].fillna("") == "").sum())
         if missing:
             from .data.images import DataError
@@ -363,6 +364,7 @@ class UniGenDetDetector(Detector):
             vae = AutoencoderKL.from_pretrained(str(default_generators(self.p, self.run_dir).vae_path))
             texts = list(df["explanation"]) + list(df.loc[df["label"] == 0, "caption"])
             self.model = UniGenDet.build(self.cfg, vae, texts, self.p.data.resolution)
+        images, df, _ = train.load(progress=progress, num_workers=workers)   # trains in memory (see README)
         with PeakRSS() as mem:
             self.history = self.model.train(images, df, seed=seed, out_dir=out_dir, progress=progress)
         final = self.history[-1] if self.history else {}
@@ -374,8 +376,8 @@ class UniGenDetDetector(Detector):
     def score(self, images, *, progress=False):
         return self.model.probabilities(images, progress=progress)
 
-    def calibrate(self, images, labels, *, progress=False):
-        super().calibrate(images, labels, progress=progress)
+    def calibrate(self, val, *, progress=False, workers=0):
+        super().calibrate(val, progress=progress, workers=workers)
         self.model.threshold = self.threshold
 
     def save(self, folder):

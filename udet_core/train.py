@@ -2,9 +2,12 @@
 
 The same code runs on CPU, one GPU, or `accelerate launch` over many processes. Each step draws its batch
 indices from a generator seeded by (seed, step), so a resumed run sees exactly the batches an uninterrupted
-run would, and N processes split the very batch that one process would see. State (model weights as
-safetensors, optimizers, RNG) is saved with `Accelerator.save_state` every `checkpoint_every` steps and training
-resumes from the last checkpoint.
+run would, and N processes split the very batch that one process would see. The examples stream from any
+map-style data set through a DataLoader (workers read, decode and augment while the model trains; an in-memory
+tensor is just one such data set), and each example's random augmentation is drawn from (seed, step, position in
+the global batch), so it too is the same for 1 or N processes and for any number of workers. State (model weights
+as safetensors, optimizers, RNG) is saved with `Accelerator.save_state` every `checkpoint_every` steps and
+training resumes from the last checkpoint.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -42,37 +46,85 @@ class Objective:
     optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)
 
 
-def _batch_indices(n: int, batch_size: int, seed: int, step: int, rank: int, world: int) -> torch.Tensor:
-    """The global batch of `step` (the same on every process); process `rank` takes every world-th item."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    return torch.randint(0, n, (batch_size,), generator=g)[rank::world]
+class StepBatches(torch.utils.data.Sampler):
+    """The batches of steps `start` .. `steps - 1`: step s draws its global batch of `batch_size` positions in
+    `rows` (default: every example) from a generator seeded by (seed, s), the same on every process; process `rank`
+    takes every world-th of them. Yields, per step, [(example index, (seed, s, position in the global batch))]."""
+
+    def __init__(self, rows, batch_size: int, seed: int, start: int, steps: int, rank: int = 0, world: int = 1):
+        self.rows, self.batch_size, self.seed, self.start, self.steps = rows, batch_size, seed, start, steps
+        self.rank, self.world = rank, world
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+    def __iter__(self):
+        for step in range(self.start, self.steps):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            draw = torch.randint(0, len(self.rows), (self.batch_size,), generator=g)
+            yield [(int(self.rows[int(draw[i])]), (self.seed, step, i))
+                   for i in range(self.rank, self.batch_size, self.world)]
 
 
-def fit(modules: dict, objectives: list[Objective], data: torch.Tensor, *, steps: int, batch_size: int,
+class Draws(torch.utils.data.Dataset):
+    """`data[index]`, augmented by `transform(example, rng)` with a generator seeded by the draw's key; an example
+    that could not be read (a dict with `problem` = (path, reason)) passes through to be reported and skipped."""
+
+    def __init__(self, data, transform=None):
+        self.data, self.transform = data, transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, draw):
+        index, key = draw
+        example = self.data[index]
+        if self.transform is None or isinstance(example, dict):
+            return example
+        return self.transform(example, np.random.default_rng(key))
+
+
+def collate_examples(examples: list):
+    """(stacked tuple of the examples that loaded, [(path, problem)] of those that did not)."""
+    from torch.utils.data import default_collate
+    good = [e for e in examples if not isinstance(e, dict)]
+    return (default_collate(good) if good else None), [e["problem"] for e in examples if isinstance(e, dict)]
+
+
+def fit(modules: dict, objectives: list[Objective], data, *, steps: int, batch_size: int,
         seed: int, out_dir=None, checkpoint_every: int = 0, desc: str = "train", progress: bool = True,
-        accelerator: Accelerator | None = None, after_step: Callable[[int, dict], dict | None] | None = None
-        ) -> list[dict]:
+        accelerator: Accelerator | None = None, after_step: Callable[[int, dict], dict | None] | None = None,
+        rows=None, transform=None, num_workers: int = 0) -> list[dict]:
     """Train `modules` for `steps` steps; returns the per-step history [{'step', '<objective>': loss, ...}].
 
     `batch_size` is the global batch: with N processes each takes batch_size/N of the same draw, so gradients
     (averaged by DDP) equal those of one process on the whole batch.
 
-    `data` is an in-memory tensor (or tuple of tensors indexed together) of training examples. With `out_dir`
-    and `checkpoint_every > 0`, state is checkpointed to `out_dir/checkpoint` and a rerun resumes from it.
+    `data` is a map-style data set whose examples are tuples of tensors (a dict with `problem` = (path, reason) for
+    one that could not be read: reported once and skipped), or an in-memory tensor / tuple of tensors indexed
+    together. Steps draw from `rows` (indices into `data`, e.g. `balanced`; default all), each drawn example
+    passes through `transform(example, rng)` (a per-draw generator), and `num_workers` DataLoader workers prepare
+    the batches ahead. With `out_dir` and `checkpoint_every > 0`, state is checkpointed to `out_dir/checkpoint`
+    and a rerun resumes from it. Under several processes, batch norm layers normalise over the global batch
+    (`global_batchnorm`), so 1 and N processes train the same model.
 
     `after_step(step, modules)` (e.g. a validation check) may return a dict that is logged with the step; a true
     `"stop"` in it ends training there (early stopping).
     """
     acc = accelerator or Accelerator()
     set_seed(seed + acc.process_index)
+    if acc.num_processes > 1:
+        for m in modules.values():
+            global_batchnorm(m)
     names = list(modules)
     prepared = acc.prepare(*[modules[k] for k in names])
     prepared = prepared if isinstance(prepared, tuple) else (prepared,)
     mods = dict(zip(names, prepared))
     for obj in objectives:
         obj.optimizer = acc.prepare(torch.optim.AdamW(obj.params, lr=obj.lr, weight_decay=obj.weight_decay))
-    tensors = data if isinstance(data, tuple) else (data,)
-    n = len(tensors[0])
+    if isinstance(data, (torch.Tensor, tuple)):
+        data = torch.utils.data.TensorDataset(*(data if isinstance(data, tuple) else (data,)))
+    rows = np.arange(len(data)) if rows is None else np.asarray(rows)
 
     start, history = 0, []
     ckpt = Path(out_dir) / "checkpoint" if out_dir is not None else None
@@ -85,12 +137,25 @@ def fit(modules: dict, objectives: list[Objective], data: torch.Tensor, *, steps
     for m in mods.values():
         m.train()
     t0 = time.perf_counter()
-    bar = tqdm(range(start, steps), desc=desc, disable=not progress or not acc.is_local_main_process)
-    for step in bar:
-        idx = _batch_indices(n, batch_size, seed, step, acc.process_index, acc.num_processes)
-        batch = tuple(t[idx].to(acc.device) for t in tensors)
-        batch = batch[0] if len(batch) == 1 else batch
+    loader = torch.utils.data.DataLoader(
+        Draws(data, transform), collate_fn=collate_examples, num_workers=num_workers,
+        batch_sampler=StepBatches(rows, batch_size, seed, start, steps, acc.process_index, acc.num_processes),
+        generator=torch.Generator(), pin_memory=acc.device.type == "cuda")   # own generator: global RNG untouched
+    bar = tqdm(zip(range(start, steps), loader), total=max(0, steps - start), desc=desc,
+               disable=not progress or not acc.is_local_main_process)
+    skipped = {path for h in history for path, _ in h.get("skipped", [])}
+    for step, (batch, problems) in bar:
         logs = {"step": step + 1}
+        new = [(str(path), why) for path, why in problems if str(path) not in skipped]
+        if new:   # logged with the step (so kept across a resume) and reported once
+            skipped.update(path for path, _ in new)
+            logs["skipped"] = new
+            for path, why in new:
+                acc.print(f"{desc}: skipping {path}: {why}")
+        if batch is None:
+            raise ValueError(f"{desc}: no example of step {step + 1}'s batch could be read (see the files above)")
+        batch = tuple(t.to(acc.device) for t in batch)
+        batch = batch[0] if len(batch) == 1 else batch
         for obj in objectives:
             obj.optimizer.zero_grad(set_to_none=True)
             loss = obj.loss(mods, batch)
@@ -107,7 +172,7 @@ def fit(modules: dict, objectives: list[Objective], data: torch.Tensor, *, steps
         history.append(logs)
         if logs.get("stop"):
             break
-        bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k != "step"}, refresh=False)
+        bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if isinstance(v, float)}, refresh=False)
         if ckpt is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
             save_checkpoint(acc, ckpt, step + 1, history)
     acc.wait_for_everyone()
@@ -115,6 +180,9 @@ def fit(modules: dict, objectives: list[Objective], data: torch.Tensor, *, steps
         history[-1]["wall_s"] = round(time.perf_counter() - t0, 3)
     for m in mods.values():
         m.eval()
+    if acc.num_processes > 1:
+        for m in modules.values():
+            global_batchnorm(m, undo=True)
     return history
 
 
@@ -135,8 +203,48 @@ def save_checkpoint(acc: Accelerator, ckpt: Path, step: int, history: list[dict]
     acc.wait_for_everyone()
 
 
+def skipped_files(history: list[dict]) -> list[dict]:
+    """The files a `fit` could not read (reported and skipped), from its history: [{"path", "problem"}]."""
+    return [{"path": path, "problem": why} for h in history for path, why in h.get("skipped", [])]
+
+
 def balanced(y: torch.Tensor) -> torch.Tensor:
     """Repeat the minority class so that real and fake are drawn equally often."""
     idx = [torch.nonzero(y == c).flatten() for c in (0, 1)]
     n = max(len(i) for i in idx)
     return torch.cat([i.repeat(math.ceil(n / len(i)))[:n] for i in idx])
+
+
+class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics are those of the global batch across processes (sums all-reduced with
+    autograd), as `torch.nn.SyncBatchNorm`, which runs on accelerators only; this one runs on CPU (gloo) too."""
+
+    def forward(self, x):
+        import torch.distributed as dist
+        from torch.distributed.nn.functional import all_reduce
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        n = all_reduce(torch.tensor(float(x.numel() // x.shape[1]), device=x.device))
+        mean = all_reduce(x.sum(dims)) / n
+        var = all_reduce(((x - mean.view(shape)) ** 2).sum(dims)) / n          # biased, as batch norm normalises
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(m * mean)
+                self.running_var.mul_(1 - m).add_(m * var * n / max(n.item() - 1, 1))   # unbiased, as batch norm
+        y = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+
+def global_batchnorm(module: torch.nn.Module, undo: bool = False) -> torch.nn.Module:
+    """Make every batch norm layer of `module` normalise over the global batch (`GlobalBatchNorm`), in place: the
+    layers keep their parameters and buffers, so optimisers and checkpoints see the same tensors; `undo` reverts."""
+    for m in module.modules():
+        if undo and isinstance(m, GlobalBatchNorm):
+            m.__class__ = m._udet_class
+        elif not undo and isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(m, GlobalBatchNorm):
+            m._udet_class, m.__class__ = type(m), GlobalBatchNorm
+    return module

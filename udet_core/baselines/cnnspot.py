@@ -12,6 +12,7 @@ from torch import nn
 from ..data import perturb
 from ..detectors import Detector, register
 from ..profiles import ClassifierConfig
+from ..train import skipped_files
 
 
 class SmallResNet(nn.Module):
@@ -41,40 +42,45 @@ def to_input(images: torch.Tensor) -> torch.Tensor:
     return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def blur_jpeg_augment(images: torch.Tensor, cfg: ClassifierConfig) -> torch.Tensor:
-    """CNNSpot's Blur+JPEG augmentation on a uint8 NHWC batch: each image is blurred with probability
-    `blur_prob` (sigma uniform in `blur_sigma`) and JPEG-compressed with probability `jpeg_prob` (quality
-    uniform in `jpeg_quality`). Random draws use torch's generator, so checkpoints resume them exactly."""
-    if cfg.blur_prob <= 0 and cfg.jpeg_prob <= 0:
-        return images
-    out = images.numpy().copy()
-    for i in range(len(out)):
-        u = torch.rand(4).tolist()
-        if u[0] < cfg.blur_prob:
-            out[i] = perturb.gaussian_blur(out[i], cfg.blur_sigma[0] + u[1] * (cfg.blur_sigma[1] - cfg.blur_sigma[0]))
-        if u[2] < cfg.jpeg_prob:
-            lo, hi = cfg.jpeg_quality
-            out[i] = perturb.jpeg(out[i], int(round(lo + u[3] * (hi - lo))))
-    return torch.from_numpy(out)
+def blur_jpeg_augment(example: tuple, rng: np.random.Generator, cfg: ClassifierConfig) -> tuple:
+    """CNNSpot's Blur+JPEG augmentation of one training example (uint8 HWC image, label): blurred with probability
+    `blur_prob` (sigma uniform in `blur_sigma`), then JPEG-compressed with probability `jpeg_prob` (quality uniform
+    in `jpeg_quality`). `rng` is the draw's own generator (`train.Draws`), so the augmentation is the same for any
+    number of processes or DataLoader workers, and on resume."""
+    image, label = example
+    u = rng.random(4).tolist()
+    if u[0] >= cfg.blur_prob and u[2] >= cfg.jpeg_prob:
+        return example
+    out = image.numpy()
+    if u[0] < cfg.blur_prob:
+        out = perturb.gaussian_blur(out, cfg.blur_sigma[0] + u[1] * (cfg.blur_sigma[1] - cfg.blur_sigma[0]))
+    if u[2] < cfg.jpeg_prob:
+        lo, hi = cfg.jpeg_quality
+        out = perturb.jpeg(out, int(round(lo + u[3] * (hi - lo))))
+    return torch.from_numpy(np.ascontiguousarray(out)), label
 
 
-def train_classifier(images: np.ndarray, labels: np.ndarray, cfg: ClassifierConfig, *, seed: int, out_dir=None,
-                     progress: bool = False, desc: str = "classifier") -> tuple[SmallResNet, list[dict]]:
-    """Binary cross-entropy training of a SmallResNet on uint8 images (balanced classes), with `train.fit`."""
+def train_classifier(examples, labels: np.ndarray, cfg: ClassifierConfig, *, seed: int, out_dir=None,
+                     progress: bool = False, desc: str = "classifier", num_workers: int = 0
+                     ) -> tuple[SmallResNet, list[dict]]:
+    """Binary cross-entropy training of a SmallResNet with `train.fit` on a data set of (uint8 HWC image, label)
+    examples (e.g. `data.dataset.Labelled`, streamed by `num_workers` workers), drawing both classes equally often
+    (`labels`: the examples' labels, known without reading the images)."""
+    from functools import partial
     from ..train import Objective, balanced, fit
     torch.manual_seed(seed)
     net = SmallResNet(cfg.widths)
-    x, y = torch.from_numpy(np.ascontiguousarray(images)), torch.tensor(np.asarray(labels))
-    keep = balanced(y)
     loss_fn = nn.BCEWithLogitsLoss()
 
     def loss(mods, batch):
         xb, yb = batch
-        return loss_fn(mods["net"](to_input(blur_jpeg_augment(xb.cpu(), cfg).to(xb.device))), yb.float())
+        return loss_fn(mods["net"](to_input(xb)), yb.float())
 
+    augment = partial(blur_jpeg_augment, cfg=cfg) if cfg.blur_prob > 0 or cfg.jpeg_prob > 0 else None
     history = fit({"net": net}, [Objective("bce", loss, [{"params": list(net.parameters())}], lr=cfg.lr)],
-                  (x[keep], y[keep]), steps=cfg.steps, batch_size=cfg.batch_size, seed=seed, out_dir=out_dir,
-                  checkpoint_every=max(50, cfg.steps // 4), desc=desc, progress=progress)
+                  examples, steps=cfg.steps, batch_size=cfg.batch_size, seed=seed, out_dir=out_dir,
+                  rows=balanced(torch.tensor(np.asarray(labels))).numpy(), transform=augment,
+                  num_workers=num_workers, checkpoint_every=max(50, cfg.steps // 4), desc=desc, progress=progress)
     return net.eval(), history
 
 
@@ -108,10 +114,13 @@ class CNNSpot(Detector):
     def config(self):
         return self.cfg
 
-    def fit(self, images, df, *, seed, out_dir, progress=False, val=None):
-        self.net, history = train_classifier(images, df["label"].to_numpy(), self.cfg, seed=seed, out_dir=out_dir,
-                                             progress=progress, desc="CNNSpot")
-        return {"final_bce": history[-1]["bce"] if history else None}
+    def fit(self, train, *, seed, out_dir, progress=False, val=None, workers=0):
+        from ..data.dataset import Labelled
+        self.net, history = train_classifier(Labelled(train), train.manifest["label"].to_numpy(), self.cfg,
+                                             seed=seed, out_dir=out_dir, progress=progress, desc="CNNSpot",
+                                             num_workers=workers)
+        self.bad_files += skipped_files(history)
+        return {"final_bce": history[-1]["bce"] if history else None, "bce_per_step": [h["bce"] for h in history]}
 
     def score(self, images, *, progress=False):
         return classifier_scores(self.net, images)

@@ -73,8 +73,10 @@ class Dire(Detector):
             atomic_write_bytes(cache, save({"dire": torch.from_numpy(np.ascontiguousarray(out))}))
         return out
 
-    def fit(self, images, df, *, seed, out_dir, progress=False, val=None):
-        self.net, history = train_classifier(self.dire_images(images, progress), df["label"].to_numpy(),
+    def fit(self, train, *, seed, out_dir, progress=False, val=None, workers=0):
+        images, df, _ = train.load(progress=progress, num_workers=workers)   # DIRE images are made in memory
+        errors, labels = torch.from_numpy(self.dire_images(images, progress)), df["label"].to_numpy()
+        self.net, history = train_classifier(torch.utils.data.TensorDataset(errors, torch.as_tensor(labels)), labels,
                                              self.cfg.classifier, seed=seed, out_dir=out_dir, progress=progress,
                                              desc="DIRE classifier")
         return {"final_bce": history[-1]["bce"] if history else None}

@@ -215,6 +215,44 @@ class ImageDataset(torch.utils.data.Dataset):
         return arr, self.manifest.iloc[index].reset_index(drop=True), problems
 
 
+class ArrayDataset(ImageDataset):
+    """Images already in memory (uint8 (n, S, S, 3)) with their manifest rows, behind the same interface as
+    `ImageDataset`: the in-memory path of the notebooks on udet-mini, and the reference streamed results are
+    compared with."""
+
+    def __init__(self, images: np.ndarray, manifest: pd.DataFrame, description: dict | None = None):
+        if len(images) != len(manifest):
+            raise ValueError(f"{len(images)} images but {len(manifest)} manifest rows")
+        super().__init__(manifest, images.shape[1] if len(images) else 0, "center-crop",
+                         description={"layout": "in memory", **(description or {})})
+        self.images = images
+
+    def __getitem__(self, i: int) -> dict:
+        return {"index": i, "image": torch.from_numpy(np.array(self.images[i])), "problem": None}
+
+    def subset(self, split: str) -> "ArrayDataset":
+        mask = (self.manifest["split"] == split).to_numpy()
+        return ArrayDataset(self.images[mask], self.manifest[mask], {**self.description, "split": split})
+
+    def load(self, progress: bool = False, batch_size: int = 64, num_workers: int = 0):
+        return self.images, self.manifest, []
+
+
+class Labelled(torch.utils.data.Dataset):
+    """A data set's rows as training examples (uint8 image (S, S, 3), label), or {"problem": (path, reason)} for
+    a file that could not be read (`train.fit` reports and skips it)."""
+
+    def __init__(self, ds: ImageDataset):
+        self.ds, self.labels = ds, torch.tensor(ds.manifest["label"].to_numpy())
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        item = self.ds[i]
+        return {"problem": item["problem"]} if item["image"] is None else (item["image"], self.labels[i])
+
+
 def collate(items: list[dict]) -> Batch:
     good = [it for it in items if it["image"] is not None]
     images = (torch.stack([it["image"] for it in good]) if good else torch.zeros((0, 0, 0, 3), dtype=torch.uint8))
