@@ -14,3 +14,11 @@ def tiny_run(tmp_path_factory, tiny):
     from udet_core.benchmark import build_benchmark
     run_dir = tmp_path_factory.mktemp("tiny_run")
     return run_dir, build_benchmark(tiny, run_dir, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_wb(tiny_run):
+    """The workbench of that build: the tiny profile on udet-mini, held in memory."""
+    from udet_core.workbench import open_workbench
+    run_dir, _ = tiny_run
+    return open_workbench("tiny", run_dir=run_dir)

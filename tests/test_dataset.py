@@ -130,12 +130,8 @@ def test_validation_is_carved_from_train_only_keeping_sources_together():
 # ------------------------------------------------------------------ streamed = in-memory, every detector
 
 @pytest.fixture(scope="module")
-def fitted_all(tiny_run, tiny):
-    from udet_core.detectors import fitted
-    from udet_core.evaluation import load_benchmark
-    run_dir, _ = tiny_run
-    images, df = load_benchmark(tiny, run_dir)
-    return images, df, {name: fitted(name, tiny, run_dir, images, df, seed=0) for name in DETECTORS}
+def fitted_all(tiny_wb):
+    return tiny_wb.images, tiny_wb.df, {name: tiny_wb.fitted(name, seed=0) for name in DETECTORS}
 
 
 def test_streamed_scores_equal_the_in_memory_path_for_every_detector(tiny_run, tiny, fitted_all):
@@ -175,11 +171,9 @@ def test_checkpoints_load_with_their_profile_and_refuse_other_settings(tiny_run,
 # ------------------------------------------------------------------ the command line on a folder of files
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory, tiny_run, tiny):
+def tree(tmp_path_factory, tiny_wb):
     """A 0_real/1_fake tree from udet-mini's tiny images: train/ and test/, with one corrupt file in test."""
-    from udet_core.evaluation import load_benchmark
-    run_dir, _ = tiny_run
-    images, df = load_benchmark(tiny, run_dir)
+    images, df = tiny_wb.images, tiny_wb.df
     root = tmp_path_factory.mktemp("tree")
     for i, (img, row) in enumerate(zip(images, df.itertuples())):
         split = "train" if row.split in ("train", "val") else "test"

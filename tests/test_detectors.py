@@ -13,10 +13,8 @@ from udet_core.metrics import calibrate_threshold, mean_std_table
 
 
 @pytest.fixture(scope="module")
-def bench(tiny_run, tiny):
-    run_dir, _ = tiny_run
-    images, df = evaluation.load_benchmark(tiny, run_dir)
-    return tiny, run_dir, images, df
+def bench(tiny_wb):
+    return tiny_wb.p, tiny_wb.run_dir, tiny_wb.images, tiny_wb.df
 
 
 class Brightness(Detector):
@@ -42,12 +40,12 @@ class Brightness(Detector):
         return det
 
 
-def test_a_registered_toy_detector_gets_every_table(bench):
+def test_a_registered_toy_detector_gets_every_table(bench, tiny_wb):
     p, run_dir, images, df = bench
     register("toy-brightness")(Brightness)
     try:
         names, seeds = ["toy-brightness"], (0, 1, 2)
-        summ, fam, long, fam_long = evaluation.comparison(p, run_dir, images, df, names, seeds)
+        summ, fam, long, fam_long = evaluation.comparison(tiny_wb, names, seeds)
         assert list(summ["subset"]) == ["all test", "reals + seen families", "reals + held-out families"]
         assert (summ["seeds"] == 3).all() and (summ["images_per_s"] > 0).all() and (summ["peak_rss_mb"] > 0).all()
         assert summ["AP"].str.fullmatch(r"\d\.\d{3} ± \d\.\d{3}").all()
@@ -63,23 +61,23 @@ def test_a_registered_toy_detector_gets_every_table(bench):
         fitted("toy-brightness", p, run_dir, images, df, seed=1)
         assert len(Brightness.fitted_on) == n_fits          # cached: loaded, not refitted
 
-        matrix, xlong = evaluation.cross_domain(p, run_dir, images, df, names, seeds)
+        matrix, xlong = evaluation.cross_domain(tiny_wb, names, seeds)
         assert set(matrix["train_domain"]) == {"scene", "science"}
         assert {"bacc on scene", "bacc on science"} <= set(matrix.columns)
         assert len(xlong) == 2 * 2 * 3 and xlong["n"].gt(0).all()
 
-        rob, rob_long = evaluation.robustness(p, run_dir, images, df, names, seeds)
+        rob, rob_long = evaluation.robustness(tiny_wb, names, seeds)
         assert len(rob) == len(evaluation.robustness_conditions(p))
         assert len(rob_long) == len(rob) * 3 and (rob_long["n"] == 2 * p.eval.robustness_per_class).all()
 
-        fmt, fmt_long = evaluation.format_bias(p, run_dir, images, df, names, seeds)
+        fmt, fmt_long = evaluation.format_bias(tiny_wb, names, seeds)
         assert len(fmt) == 1 and len(fmt_long) == 3
         assert fmt_long["flipped_all"].between(0, 1).all()
     finally:
         DETECTORS.pop("toy-brightness", None)
 
 
-def test_evaluation_scores_each_image_set_once(bench):
+def test_evaluation_scores_each_image_set_once(bench, tiny_wb):
     p, run_dir, images, df = bench
     calls = []
 
@@ -90,9 +88,9 @@ def test_evaluation_scores_each_image_set_once(bench):
 
     register("toy-counting")(Counting)
     try:
-        evaluation.format_bias(p, run_dir, images, df, ["toy-counting"], (0,))
+        evaluation.format_bias(tiny_wb, ["toy-counting"], (0,))
         n = len(calls)
-        again, _ = evaluation.format_bias(p, run_dir, images, df, ["toy-counting"], (0,))
+        again, _ = evaluation.format_bias(tiny_wb, ["toy-counting"], (0,))
         assert n >= 2 and len(calls) == n                         # the rerun read the stored scores
         assert again["flipped_all"].str.match(r"\d").all()
     finally:
@@ -216,10 +214,10 @@ def test_ablation_variants_change_one_setting_each(tiny):
     assert sorted(c.k for c in v["table6"].values()) == sorted({scaled_k(k, tiny.craft.n_steps) for k in tiny.ablation.k_of_50})
 
 
-def test_ablation_table_fits_each_variant_per_seed_and_shares_the_full_model(bench):
+def test_ablation_table_fits_each_variant_per_seed_and_shares_the_full_model(bench, tiny_wb):
     p, run_dir, images, df = bench
     variants = {"full": p, "L2": replace(p, craft=replace(p.craft, loss="l2"))}
-    summ, long = evaluation.ablation(variants, run_dir, images, df, seeds=(0, 1))
+    summ, long = evaluation.ablation(tiny_wb, variants, seeds=(0, 1))
     assert len(long) == 2 * 2 * 3 and set(long["variant"]) == {"full", "L2"}
     assert summ["seeds"].eq(2).all()
     full0 = long[(long.variant == "full") & (long.seed == 0) & (long.subset == "all test")].iloc[0]

@@ -94,17 +94,14 @@ def test_generation_metrics_by_hand():
     assert judged_real_share([0.1, 0.9, 0.4, 0.6], threshold=0.5) == 0.5
 
 
-def test_diga_runs_are_cached_and_measured(tiny_run, tiny):
+def test_diga_runs_are_cached_and_measured(tiny_wb, tiny):
     from udet_core.diga import fitted_diga, generation_metrics
-    from udet_core.evaluation import load_benchmark
-    run_dir, _ = tiny_run
-    images, df = load_benchmark(tiny, run_dir)
-    student, history = fitted_diga(tiny, run_dir, images, df, seed=0)
+    student, history = fitted_diga(tiny_wb, seed=0)
     assert [h["step"] for h in history] == list(range(1, tiny.diga.steps + 1))
-    again, _ = fitted_diga(tiny, run_dir, images, df, seed=0)
-    x = images[:4]
+    again, _ = fitted_diga(tiny_wb, seed=0)
+    x = tiny_wb.images[:4]
     assert np.allclose(again.probabilities(x), student.probabilities(x), atol=1e-6)
-    table, out = generation_metrics({"after DIGA": student}, tiny, run_dir, images, df, seed=0)
+    table, out = generation_metrics({"after DIGA": student}, tiny_wb, seed=0)
     assert list(table.columns[:3]) == ["stage", "FID-style", "diversity"]
     assert np.isfinite(table[["FID-style", "diversity"]].to_numpy()).all()
     assert out["info"]["features"].startswith(("workbench feature net", "Inception"))

@@ -217,13 +217,10 @@ def test_the_base_generator_sees_as_many_generation_samples_as_gduf(tiny):
     assert generation_only(replace(cfg, gen_ratio=0.2, steps=150)).steps == 25
 
 
-def test_unigendet_trains_detects_generates_and_reloads(tiny_run, tiny, tmp_path):
-    from udet_core.evaluation import load_benchmark
-    from udet_core.detectors import fitted
+def test_unigendet_trains_detects_generates_and_reloads(tiny_wb, tiny, tmp_path):
     from udet_core.gduf import UniGenDet, cached_answers
-    run_dir, _ = tiny_run
-    images, df = load_benchmark(tiny, run_dir)
-    det = fitted("unigendet", tiny, run_dir, images, df, seed=0)
+    images, df = tiny_wb.images, tiny_wb.df
+    det = tiny_wb.fitted("unigendet", seed=0)
     assert [h["step"] for h in det.history] == list(range(1, tiny.gduf.steps + 1))
     assert all(np.isfinite([h["L_cls"], h["L_exp"], h["L_gen"]]).all() for h in det.history)
     x = images[(df["split"] == "test").to_numpy()][:4]

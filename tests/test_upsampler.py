@@ -53,15 +53,15 @@ def test_decoder_training_keeps_the_encoder_and_moves_the_upsamplers(vae, tiny):
     assert not torch.equal(upsampler_before, upsamplers(variant)[0].conv.weight)
 
 
-def test_ablation_reports_both_decoders_with_finite_numbers(tiny_run, tiny):
-    run_dir, _ = tiny_run
-    table = upsampler_ablation(tiny, run_dir, progress=False)
+def test_ablation_reports_both_decoders_with_finite_numbers(tiny_wb, tiny):
+    run_dir = tiny_wb.run_dir
+    table = upsampler_ablation(tiny_wb)
     rows = table[table["decoder"].isin(DECODERS.values())]
     assert sorted(zip(rows["decoder"], rows["stage"])) == sorted((d, s) for d in DECODERS.values()
                                                                  for s in STAGES.values())
     numbers = rows[["val_psnr_db", "peak_real", "peak_fake", "peak_AUC", "d_real", "d_fake", "d_AUC"]].to_numpy(float)
     assert np.isfinite(numbers).all()
-    assert table.equals(upsampler_ablation(tiny, run_dir, progress=False))      # the cached artifact
+    assert table.equals(upsampler_ablation(tiny_wb))      # the cached artifact
     assert len(ablation_figure(tiny, run_dir).axes) > 4
     # nearest + conv is notebook 03's fitted CRAFT detector (not refitted); the transposed-conv one is fitted with
     # the same early stopping on the validation AUC

@@ -40,6 +40,13 @@ def main(argv=None) -> int:
     r = sub.add_parser("reproduce", help="execute notebooks 00-05 with papermill (executed copies in the run dir)")
     _run_args(r)
     r.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 00,03")
+    r.add_argument("--data", default="udet-mini", help="data-set spec the notebooks run on: udet-mini (default), a "
+                   "manifest .csv, a FakeClue .json, or a DiffusionForensics / GenImage / 0_real/1_fake folder "
+                   "(held in memory at the profile's input size; larger sets: train / evaluate)")
+    r.add_argument("--backbone", default=None, help="a diffusers SD Image Variation pipeline folder for CRAFT, DIRE "
+                   "and AEROBLADE (default: the profile's stand-ins)")
+    r.add_argument("--val-fraction", type=float, default=None, help="carve a val split of this share from train "
+                   "(by source and generator, never from test) when the data set has none")
 
     _run_args(sub.add_parser("build-benchmark", help="build (or reuse) the embedded benchmark udet-mini only"))
 
@@ -119,7 +126,8 @@ def _run(ap, a) -> int:
     if a.cmd == "reproduce":
         from .runner import reproduce
         only = [s.strip() for s in a.only.split(",")] if a.only else None
-        reproduce(a.profile, a.run_dir, only=only, force=a.force, seed=a.seed)
+        reproduce(a.profile, a.run_dir, only=only, force=a.force, seed=a.seed, data=a.data, backbone=a.backbone,
+                  val_fraction=a.val_fraction)
     elif a.cmd == "build-benchmark":
         from .benchmark import build_benchmark, counts_table
         from .profiles import get_profile

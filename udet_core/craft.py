@@ -475,17 +475,17 @@ def latent_center_distance(model: Craft, x: torch.Tensor, batch_size: int = 64) 
     return np.concatenate([(model.invert(b) - model.mu).flatten(1).norm(dim=1).numpy() for b in x.split(batch_size)])
 
 
-def premise_check(p, run_dir, images: np.ndarray, df, backbone=None, split: str = "test"):
-    """CRAFT's premise on a benchmark, before any fine-tuning: for the split's reals against each of its families
-    (and all fakes), the mean and AUC of ||z_T - mu_real|| (§3.2) and of the frozen pipeline's distance d(x, x_hat)
-    after the perturbation (Table 2's 'perturbation only' row). Long table, one row per score x family.
-    `backbone`: an SD Image Variation folder (default: the profile's detector backbone)."""
+def premise_check(wb, backbone=None, split: str = "test"):
+    """CRAFT's premise on the workbench's data set, before any fine-tuning: for the split's reals against each of its
+    families (and all fakes), the mean and AUC of ||z_T - mu_real|| (§3.2) and of the frozen pipeline's distance
+    d(x, x_hat) after the perturbation (Table 2's 'perturbation only' row). Long table, one row per score x family.
+    `backbone`: an SD Image Variation folder (default: the workbench's detector backbone)."""
     import pandas as pd
     from sklearn.metrics import roc_auc_score
-    from .benchmark import build_benchmark
     from .metrics import per_family_table
+    p, run_dir, images, df = wb.p, wb.run_dir, wb.images, wb.df
     cfg = replace(p.craft, perturb=True, train_encoder=False, train_unet=False, train_decoder=False)
-    model = Craft.from_backbone(backbone or build_benchmark(p, run_dir, progress=False).generators.backbone_path, cfg)
+    model = Craft.from_backbone(backbone or wb.backbone or default_generators(p, run_dir).backbone_path, cfg)
     x_train, y_train = split_tensors(images, df, "train")
     model.fit_center(x_train[y_train == 0], cfg.eval_batch_size, cache_dir=cache_dir(run_dir))
     x, y = split_tensors(images, df, split)
@@ -506,14 +506,15 @@ def premise_check(p, run_dir, images: np.ndarray, df, backbone=None, split: str 
     return pd.concat(rows, ignore_index=True)[cols]
 
 
-def premise_by_backbone(p, run_dir, images: np.ndarray, df):
-    """`premise_check` for every candidate backbone (`benchmark.candidate_backbones`) on the validation and the test
-    split, one long table with `backbone` and `split` columns."""
+def premise_by_backbone(wb):
+    """`premise_check` for every candidate backbone on the validation and the test split, one long table with
+    `backbone` and `split` columns: the workbench's backbone if it names one, else the profile's stand-ins
+    (`benchmark.candidate_backbones`)."""
     import pandas as pd
     from .benchmark import candidate_backbones
-    return pd.concat([premise_check(p, run_dir, images, df, path, split).assign(backbone=name, split=split)
-                      for name, path in candidate_backbones(p, run_dir).items() for split in ("val", "test")],
-                     ignore_index=True)
+    candidates = {Path(wb.backbone).name: wb.backbone} if wb.backbone else candidate_backbones(wb.p, wb.run_dir)
+    return pd.concat([premise_check(wb, path, split).assign(backbone=name, split=split)
+                      for name, path in candidates.items() for split in ("val", "test")], ignore_index=True)
 
 
 def choose_backbone(premise) -> str:

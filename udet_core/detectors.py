@@ -163,13 +163,14 @@ def scoring_cost(det: Detector, images: np.ndarray) -> dict:
 
 
 def fitted(name: str, p, run_dir, images: np.ndarray, df: pd.DataFrame, *, seed: int, train_mask=None,
-           val_mask=None, progress: bool = False, force: bool = False) -> Detector:
-    """The detector `name` fitted on the train rows (default: split == train) with this seed, its threshold
-    calibrated on the val rows (default: split == val); cached under `<run_dir>/artifacts/det-<name>-<hash>`."""
+           val_mask=None, progress: bool = False, force: bool = False, backbone=None) -> Detector:
+    """The detector `name` (on `backbone`, default the profile's stand-in) fitted on the train rows (default:
+    split == train) with this seed, its threshold calibrated on the val rows (default: split == val); cached under
+    `<run_dir>/artifacts/det-<name>-<hash>` (the key holds the backbone's content)."""
     from .data.dataset import ArrayDataset
     train_mask = (df["split"] == "train").to_numpy() if train_mask is None else np.asarray(train_mask)
     val_mask = (df["split"] == "val").to_numpy() if val_mask is None else np.asarray(val_mask)
-    det = detector_class(name)(p, run_dir)
+    det = detector_class(name)(p, run_dir, backbone)
     art = detector_artifact(det, images, df, seed, train_mask, val_mask)
     if art.done and not force:
         return load_detector(art.path, run_dir, p)

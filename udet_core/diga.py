@@ -101,15 +101,15 @@ class Diga:
 
 # ------------------------------------------------------------------ cached runs and the generation metrics
 
-def fitted_diga(p, run_dir, images: np.ndarray, df: pd.DataFrame, *, seed: int, progress: bool = False,
-                force: bool = False) -> tuple[UniGenDet, list[dict]]:
-    """The GDUF model of `seed` (the registry's `unigendet` artifact) after DIGA with `p.diga`, trained on the train
-    split; cached under `<run_dir>/artifacts/diga-<hash>` (keyed by the DIGA config and the teacher)."""
-    from .detectors import fitted
+def fitted_diga(wb, *, seed: int, p=None, force: bool = False) -> tuple[UniGenDet, list[dict]]:
+    """The GDUF model of `seed` (the registry's `unigendet` artifact, profile `p`, default the workbench's) after DIGA
+    with `p.diga`, trained on the workbench's train split; cached under `<run_dir>/artifacts/diga-<hash>` (keyed by
+    the DIGA config and the teacher)."""
     from .metrics import calibrate_threshold
     from .benchmark import method_artifact
-    teacher = fitted("unigendet", p, run_dir, images, df, seed=seed, progress=progress)
-    art = method_artifact(run_dir, "diga", p, p.diga, teacher.folder.name, seed)
+    p, images, df, progress = p or wb.p, wb.images, wb.df, wb.progress
+    teacher = wb.fitted("unigendet", p=p, seed=seed)
+    art = method_artifact(wb.run_dir, "diga", p, p.diga, teacher.folder.name, seed)
     if art.done and not force:
         return UniGenDet.load(art.path), json.loads((art.path / "unigendet.json").read_text()).get("history", [])
     out = art.begin()
@@ -156,27 +156,26 @@ def feature_extractor(p, run_dir, progress: bool = False):
     return "workbench feature net (substitute for Inception)", load_featnet(art.path).features
 
 
-def generation_metrics(models: dict, p, run_dir, images: np.ndarray, df: pd.DataFrame, *, seed: int,
-                       progress: bool = False) -> tuple[pd.DataFrame, dict]:
+def generation_metrics(models: dict, wb, *, seed: int) -> tuple[pd.DataFrame, dict]:
     """UniGenDet Table 4 / D analogue for each {stage: UniGenDet}: FID-style distance between `n_samples` images
     generated from the captions of fresh random crops of the training photos (the distribution every stage learned;
     the crops are not in the manifest) and those crops, intra-prompt diversity over `per_prompt` samples of
     `n_prompts` of the captions, and the share of samples each frozen judge (registry detectors fitted with `seed`)
     calls real. Returns (one row per stage, {"samples": {stage: images}, "reference": crops, "prompts", "info"})."""
     from .data.sources import caption_for, random_crops
-    from .detectors import fitted
     from .distances import LPIPSDistance
     from .metrics import frechet_distance, intra_prompt_diversity, judged_real_share
     from .progress import tqdm
+    p, progress = wb.p, wb.progress
     g = p.geneval
-    feat_name, features = feature_extractor(p, run_dir, progress)
+    feat_name, features = feature_extractor(p, wb.run_dir, progress)
     crops, meta = random_crops(p.data.split_photos["train"], g.n_samples, p.data.resolution, p.data.crop_scales,
                                np.random.default_rng([p.seed, 4242]))
     real_feats = features(crops)
     prompts = [caption_for(m["source"], m["scale"]) for m in meta]
     diverse = list(dict.fromkeys(prompts))[:g.n_prompts]
     lpips = LPIPSDistance("vgg")
-    judges = {name: fitted(name, p, run_dir, images, df, seed=seed) for name in g.judges}
+    judges = {name: wb.fitted(name, seed=seed, progress=False) for name in g.judges}
     rows, samples = [], {}
     for stage, ug in tqdm(models.items(), desc="generation metrics", disable=not progress):
         gen = np.concatenate([ug.generate(prompts[i:i + 64], seeds=range(i, min(i + 64, g.n_samples)))

@@ -11,43 +11,44 @@ import pandas as pd
 from sklearn.metrics import balanced_accuracy_score
 
 from .data import perturb
-from .data.sources import content_domain
-from .detectors import cached_scores, fitted, scoring_cost
+from .detectors import cached_scores, scoring_cost
 from .metrics import mean_std_table, per_family_table, summary
 from .progress import tqdm
 
 METRICS = ["bacc", "AP", "AUC", "TPR@5%FPR", "real_acc", "fake_acc"]
 
 
-def load_benchmark(p, run_dir):
-    """(uint8 images, manifest with a `content` column) of udet-mini for profile `p`; bad files are skipped."""
-    from .benchmark import build_benchmark
-    from .data.manifest import load_images
-    images, df, _ = load_images(build_benchmark(p, run_dir, progress=False).manifest)
-    return images, df.assign(content=[content_domain(s) for s in df["source"]])
-
-
 def summary_subsets(test: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The rows each summary line is computed on: all test images, reals + seen, reals + held-out families."""
-    return {"all test": np.ones(len(test), bool), "reals + seen families": (test.role != "held_out").to_numpy(),
+    """The rows each summary line is computed on: all test images, reals + seen, reals + held-out families (the
+    last two only when the manifest assigns roles, as udet-mini's does)."""
+    every = {"all test": np.ones(len(test), bool)}
+    if not set(test.role) & {"seen", "held_out"}:
+        return every
+    return {**every, "reals + seen families": (test.role != "held_out").to_numpy(),
             "reals + held-out families": (test.role != "seen").to_numpy()}
 
 
-def comparison(p, run_dir, images, df, detectors=None, seeds=None, progress: bool = False, cost_images: int = 128):
-    """The comparison table (CRAFT Table 1/3 analogue on udet-mini) for every detector and seed.
+def focus_subset(long: pd.DataFrame) -> str:
+    """The subset generalisation claims are read on: reals + held-out families where the manifest assigns roles,
+    else all test images."""
+    return "reals + held-out families" if "reals + held-out families" in set(long["subset"]) else "all test"
+
+
+def comparison(wb, detectors=None, seeds=None, cost_images: int = 128):
+    """The comparison table (CRAFT Table 1/3 analogue) on the workbench's data set for every detector and seed.
 
     `fit_s` is the training time per seed (for CRAFT without building the frozen-prefix cache, which seeds share).
     Returns (summary: mean ± std per detector and subset with cost columns, per_family: mean ± std per detector
     and family, long: one row per detector x seed x subset, family_long: one row per detector x seed x family).
     """
-    detectors, seeds = detectors or p.eval.detectors, seeds or p.eval.seeds
-    test_mask = (df["split"] == "test").to_numpy()
-    test, x_test, y_test = df[test_mask].reset_index(drop=True), images[test_mask], df["label"].to_numpy()[test_mask]
+    detectors, seeds, progress = detectors or wb.p.eval.detectors, seeds or wb.p.eval.seeds, wb.progress
+    x_test, test = wb.split("test")
+    y_test = test["label"].to_numpy()
     rows, fam_rows, costs = [], [], []
     for name in detectors:
         fit_s = []
         for seed in tqdm(seeds, desc=f"{name} seeds", disable=not progress):
-            det = fitted(name, p, run_dir, images, df, seed=seed, progress=progress)
+            det = wb.fitted(name, seed=seed)
             fit_s.append(det.fit_s)
             s = cached_scores(det, x_test, progress)
             for subset, m in summary_subsets(test).items():
@@ -66,17 +67,17 @@ def comparison(p, run_dir, images, df, detectors=None, seeds=None, progress: boo
     return summ, per_family, long, family_long
 
 
-def ablation(variants: dict, run_dir, images, df, seeds, detector: str = "craft", progress: bool = False):
+def ablation(wb, variants: dict, seeds, detector: str = "craft"):
     """One detector under several profiles (`variants`: name -> Profile), each fitted per seed with the common
-    protocol (train split, validation threshold) and scored on the test split.
+    protocol (the workbench's train split, validation threshold) and scored on its test split.
 
     Returns (summary: mean ± std per variant and subset, with the mean fit time; long: variant x seed x subset)."""
-    test_mask = (df["split"] == "test").to_numpy()
-    test, x_test, y_test = df[test_mask].reset_index(drop=True), images[test_mask], df["label"].to_numpy()[test_mask]
+    x_test, test = wb.split("test")
+    y_test = test["label"].to_numpy()
     rows = []
-    for variant, p in tqdm(variants.items(), desc=f"{detector} variants", disable=not progress):
+    for variant, p in tqdm(variants.items(), desc=f"{detector} variants", disable=not wb.progress):
         for seed in seeds:
-            det = fitted(detector, p, run_dir, images, df, seed=seed, progress=False)
+            det = wb.fitted(detector, p=p, seed=seed, progress=False)
             s = cached_scores(det, x_test)
             for subset, m in summary_subsets(test).items():
                 rows.append({"variant": variant, "seed": seed, "subset": subset, "fit_s": det.fit_s,
@@ -178,24 +179,27 @@ def craft_paper_claims(tables: dict, variants: dict, k: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def cross_domain(p, run_dir, images, df, detectors=None, seeds=None, progress: bool = False):
+def cross_domain(wb, detectors=None, seeds=None):
     """CRAFT Table 1 analogue: fit on one content domain (train + val rows of that domain), test on each.
 
-    Only images with a content domain take part: reals and the families made from real crops (their `source`
-    names a photo); unconditional samples have no content domain. Returns (matrix of 'bacc mean ± std' with
-    rows detector x train domain and one column per test domain, long table).
+    Only images with a content domain (`wb.df.content`) take part: on udet-mini, reals and the families made from
+    real crops (their `source` names a photo; unconditional samples have none); elsewhere the manifest's `domain`
+    (e.g. DiffusionForensics' imagenet / lsun_bedroom). Returns (matrix of 'bacc mean ± std' with rows detector x
+    train domain and one column per test domain, long table); both empty with fewer than two domains.
     """
+    p, images, df, progress = wb.p, wb.images, wb.df, wb.progress
     detectors, seeds = detectors or p.eval.cross_domain_detectors, seeds or p.eval.seeds
     has = df["content"].notna().to_numpy()
     domains = sorted(df.loc[has, "content"].unique())
+    if len(domains) < 2:
+        return pd.DataFrame(columns=["detector", "train_domain"]), pd.DataFrame()
     rows = []
     for name in detectors:
         for train_dom in domains:
             in_dom = has & (df["content"] == train_dom).to_numpy()
             for seed in tqdm(seeds, desc=f"{name} trained on {train_dom}", disable=not progress):
-                det = fitted(name, p, run_dir, images, df, seed=seed, progress=progress,
-                             train_mask=in_dom & (df["split"] == "train").to_numpy(),
-                             val_mask=in_dom & (df["split"] == "val").to_numpy())
+                det = wb.fitted(name, seed=seed, train_mask=in_dom & (df["split"] == "train").to_numpy(),
+                                val_mask=in_dom & (df["split"] == "val").to_numpy())
                 for test_dom in domains:
                     m = has & (df["split"] == "test").to_numpy() & (df["content"] == test_dom).to_numpy()
                     y = df["label"].to_numpy()[m]
@@ -225,10 +229,11 @@ def balanced_test_sample(df, n_per_class: int, seed: int = 0) -> np.ndarray:
     return np.concatenate(out)
 
 
-def robustness(p, run_dir, images, df, detectors=None, seeds=None, progress: bool = False):
+def robustness(wb, detectors=None, seeds=None):
     """Scores of both classes under each post-processing condition, at the clean validation threshold.
 
     Returns (summary: mean ± std of bacc and AP per detector and condition, long table)."""
+    p, images, df, progress = wb.p, wb.images, wb.df, wb.progress
     detectors, seeds = detectors or p.eval.detectors, seeds or p.eval.seeds
     idx = balanced_test_sample(df, p.eval.robustness_per_class)
     y = df["label"].to_numpy()[idx]
@@ -237,7 +242,7 @@ def robustness(p, run_dir, images, df, detectors=None, seeds=None, progress: boo
     rows = []
     for name in detectors:
         for seed in seeds:
-            det = fitted(name, p, run_dir, images, df, seed=seed, progress=progress)
+            det = wb.fitted(name, seed=seed)
             for c, x in zip(tqdm(conds, desc=f"{name} seed {seed} robustness", disable=not progress), perturbed):
                 s = cached_scores(det, x)
                 rows.append({"detector": name, "seed": seed, "jpeg_quality": c["jpeg_quality"] or "none",
@@ -248,12 +253,13 @@ def robustness(p, run_dir, images, df, detectors=None, seeds=None, progress: boo
     return summ, long
 
 
-def format_bias(p, run_dir, images, df, detectors=None, seeds=None, progress: bool = False):
+def format_bias(wb, detectors=None, seeds=None):
     """Score every test image as stored (PNG) and after a JPEG round trip at `p.eval.format_jpeg_quality`:
     how many decisions flip, per class, and how far the mean score moves in units of the PNG scores' standard
     deviation (DIRE's JPEG/PNG confound).
 
     Returns (summary mean ± std per detector, long table)."""
+    p, images, df, progress = wb.p, wb.images, wb.df, wb.progress
     detectors, seeds = detectors or p.eval.detectors, seeds or p.eval.seeds
     m = (df["split"] == "test").to_numpy()
     x_png, y = images[m], df["label"].to_numpy()[m]
@@ -262,7 +268,7 @@ def format_bias(p, run_dir, images, df, detectors=None, seeds=None, progress: bo
     rows = []
     for name in detectors:
         for seed in tqdm(seeds, desc=f"{name} format bias", disable=not progress):
-            det = fitted(name, p, run_dir, images, df, seed=seed, progress=progress)
+            det = wb.fitted(name, seed=seed)
             s_png, s_jpg = cached_scores(det, x_png), cached_scores(det, x_jpg)
             d_png, d_jpg = s_png >= det.threshold, s_jpg >= det.threshold
             flip = d_png != d_jpg

@@ -403,15 +403,14 @@ def cached_answers(det: UniGenDetDetector, images: np.ndarray, progress: bool = 
     return out
 
 
-def explanation_eval(det: UniGenDetDetector, images: np.ndarray, df: pd.DataFrame, progress: bool = False):
+def explanation_eval(det: UniGenDetDetector, wb):
     """Paper Table 1/6 metrics of a fitted UniGenDet on the test split, one row per summary subset: bAcc, F1,
     ROUGE-L, CSS of the answers (and how many could not be parsed), beside the head's bacc/AP/AUC at the
     validation threshold. Returns (rows, the answers with their test rows)."""
     from .evaluation import summary_subsets
     from .metrics import explanation_metrics, summary
-    mask = (df["split"] == "test").to_numpy()
-    test = df[mask].reset_index(drop=True)
-    out = cached_answers(det, images[mask], progress)
+    x_test, test = wb.split("test")
+    out = cached_answers(det, x_test, wb.progress)
     rows = []
     for subset, m in summary_subsets(test).items():
         y = test["label"].to_numpy()[m]

@@ -13,14 +13,19 @@ NOTEBOOKS = ("00_data_prep", "01_gduf", "02_diga", "03_craft_training", "04_abla
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
 
-def default_run_dir(profile: str) -> Path:
-    return REPO_ROOT / "runs" / profile
+def default_run_dir(profile: str, data: str = "udet-mini") -> Path:
+    """`runs/<profile>` on udet-mini; `runs/<profile>-<data name>-<hash of its resolved path>` on other data."""
+    if str(data) == "udet-mini":
+        return REPO_ROOT / "runs" / profile
+    import hashlib
+    path = Path(data).resolve()
+    return REPO_ROOT / "runs" / f"{profile}-{path.stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:6]}"
 
 
-def default_figures_dir(profile: str, run_dir) -> Path:
-    """The repository's `figures/` for the default profile (command 1 regenerates them); inside the run dir for every
-    other profile (tests, `full` and `paper` never overwrite the committed figures)."""
-    return REPO_ROOT / "figures" if profile == "default" else Path(run_dir) / "figures"
+def default_figures_dir(profile: str, run_dir, data: str = "udet-mini") -> Path:
+    """The repository's `figures/` for the default profile on udet-mini (command 1 regenerates them); inside the run
+    dir otherwise (tests, `full`, `paper` and other data never overwrite the committed figures)."""
+    return REPO_ROOT / "figures" if profile == "default" and str(data) == "udet-mini" else Path(run_dir) / "figures"
 
 
 def check_kernel(name: str = "python3") -> str:
@@ -128,25 +133,31 @@ def check_zoo(profile: str, seed: int = 0) -> None:
 
 
 def reproduce(profile: str = "default", run_dir=None, only=None, force: bool = False, seed: int = 0,
-              timeout_s: int = 3600, notebook_dir=NOTEBOOK_DIR) -> dict:
-    """Run notebooks 00-05 (those that exist, or `only`) with papermill; stop at the first failure."""
+              timeout_s: int = 3600, notebook_dir=NOTEBOOK_DIR, data: str = "udet-mini", backbone=None,
+              val_fraction: float | None = None) -> dict:
+    """Run notebooks 00-05 (those that exist, or `only`) with papermill on a data-set spec and backbone (their
+    papermill parameters); stop at the first failure. A notebook that needs udet-mini-only material raises
+    `workbench.NotApplicable` on other data: it is recorded as skipped, with the reason, and the run goes on."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
     check_zoo(profile, seed)
-    run_dir = Path(run_dir or default_run_dir(profile)).resolve()
-    figures_dir = default_figures_dir(profile, run_dir).resolve()
+    data = str(data) if str(data) == "udet-mini" else str(Path(data).resolve())
+    run_dir = Path(run_dir or default_run_dir(profile, data)).resolve()
+    figures_dir = default_figures_dir(profile, run_dir, data).resolve()
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     kernel = check_kernel()
     wanted = [n for n in NOTEBOOKS if not only or n[:2] in only or n in only]
     os.environ["UDET_TEXT_PROGRESS"] = "1"
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    record = {"profile": profile, "run_dir": str(run_dir), "figures_dir": str(figures_dir), "seed": seed,
+    record = {"profile": profile, "data": data, "backbone": backbone, "val_fraction": val_fraction,
+              "run_dir": str(run_dir), "figures_dir": str(figures_dir), "seed": seed,
               "code_version": code_version(), "kernel": kernel, "notebooks": {}}
     previous = run_dir / "reproduce.json"
     if only and previous.exists():  # a partial run updates the record of the notebooks it ran
         record["notebooks"] = json.loads(previous.read_text()).get("notebooks", {})
-    print(f"udet reproduce: profile={profile} run_dir={run_dir} figures={figures_dir}", flush=True)
+    print(f"udet reproduce: profile={profile} data={data} backbone={backbone or 'stand-ins'} run_dir={run_dir} "
+          f"figures={figures_dir}", flush=True)
     t_all = time.perf_counter()
     for i, name in enumerate(wanted, 1):
         src = Path(notebook_dir) / f"{name}.ipynb"
@@ -156,8 +167,9 @@ def reproduce(profile: str = "default", run_dir=None, only=None, force: bool = F
             continue
         print(f"[{i}/{len(wanted)}] {name} ...", flush=True)
         t0 = time.perf_counter()
-        params = {"profile": profile, "run_dir": str(run_dir), "figures_dir": str(figures_dir), "seed": seed,
-                  "force": force, "progress": True}
+        params = {"profile": profile, "data": data, "backbone": backbone and str(Path(backbone).resolve()),
+                  "val_fraction": val_fraction, "run_dir": str(run_dir), "figures_dir": str(figures_dir),
+                  "seed": seed, "force": force, "progress": True}
         status = "ok"
         with PeakRSS(children=True, interval=0.5) as mem:
             try:
@@ -166,14 +178,14 @@ def reproduce(profile: str = "default", run_dir=None, only=None, force: bool = F
                                     progress_bar=False, request_save_on_cell_execute=False, autosave_cell_every=0,
                                     execution_timeout=timeout_s)
             except PapermillExecutionError as e:
-                status = failure(e)
+                status = f"skipped: {e.evalue}" if e.ename == "NotApplicable" else failure(e)
         wall = time.perf_counter() - t0
         record["notebooks"][name] = {"status": status, "wall_s": round(wall, 1), "peak_memory_mb": round(mem.peak_mb)}
         record["total_wall_s"] = round(time.perf_counter() - t_all, 1)
         atomic_write_json(run_dir / "reproduce.json", record)
         print(f"[{i}/{len(wanted)}] {name}: {status} in {wall:.0f} s, kernel peak memory {mem.peak_mb:.0f} MiB",
               flush=True)
-        if status != "ok":
+        if status != "ok" and not status.startswith("skipped"):
             print(f"executed copy with the error: {out_dir / (name + '.ipynb')}", file=sys.stderr)
             raise SystemExit(f"reproduce stopped: notebook {name} {status} (kernel peak memory {mem.peak_mb:.0f} MiB)")
     record["total_wall_s"] = round(time.perf_counter() - t_all, 1)

@@ -126,30 +126,32 @@ def reconstruction_scores(images: np.ndarray, y: np.ndarray, d: np.ndarray | Non
 def ablation_artifact(p, run_dir):
     """The ablation's cache folder, keyed by its and CRAFT's configs, the distance CRAFT resolves to here, the base
     backbone's content and the benchmark's configs (`benchmark.method_artifact`)."""
-    from .benchmark import build_benchmark, method_artifact
+    from .benchmark import method_artifact
+    from .detectors import default_generators
     from .distances import resolved_name
     from .runs import content_key
-    backbone = build_benchmark(p, run_dir, progress=False).generators.backbone_path
+    backbone = default_generators(p, run_dir).backbone_path
     return method_artifact(run_dir, "upsampler-ablation", p, p.upsampler, p.craft, resolved_name(p.craft.distance),
                            content_key(backbone))
 
 
-def upsampler_ablation(p, run_dir, progress: bool = True, force: bool = False) -> pd.DataFrame:
-    """Nearest + conv (SD) vs transposed-conv decoder under CRAFT (paper §4.3): one row per decoder x stage
-    (frozen / CRAFT fine-tuned) with the decoder's val-real PSNR, the periodic-peak scores and the distance AUC
-    of the test reconstructions, plus the inputs' peak scores. Cached with the spectra and example images."""
-    from .benchmark import build_benchmark, generator_pool
-    from .data.manifest import load_images
-    from .detectors import fitted
+def upsampler_ablation(wb, force: bool = False) -> pd.DataFrame:
+    """Nearest + conv (SD) vs transposed-conv decoder under CRAFT (paper §4.3) on udet-mini (the variant decoder is
+    trained on udet-mini's generator pool): one row per decoder x stage (frozen / CRAFT fine-tuned) with the
+    decoder's val-real PSNR, the periodic-peak scores and the distance AUC of the test reconstructions, plus the
+    inputs' peak scores. Cached with the spectra and example images."""
+    from .benchmark import generator_pool
+    from .detectors import default_generators
     from .models.backbones import load_image_variation
     from .runs import Timer, atomic_write_json, atomic_write_text
+    if not wb.embedded:
+        raise ValueError(f"the upsampler ablation needs udet-mini's generators; the workbench holds {wb.label}")
+    p, run_dir, images, df, progress = wb.p, wb.run_dir, wb.images, wb.df, wb.progress
     art = ablation_artifact(p, run_dir)
     if art.done and not force:
         return pd.read_csv(art.path / "table.csv")
     out, timer = art.begin(), Timer()
-    bench = build_benchmark(p, run_dir, progress=False)
-    images, df, _ = load_images(bench.manifest)
-    base = load_image_variation(bench.generators.backbone_path)
+    base = load_image_variation(default_generators(p, run_dir).backbone_path)
     with timer("train_decoder"):
         variant = transposed_conv_decoder(base.vae, p.seed)
         decoder_history = train_decoder(p, variant, generator_pool(p), out / "decoder", progress)
@@ -163,7 +165,7 @@ def upsampler_ablation(p, run_dir, progress: bool = True, force: bool = False) -
     histories = {"decoder": decoder_history}
     # nearest + conv: notebook 03's CRAFT detector itself (same config, seed, backbone and rows); transposed: the
     # same recipe on the variant decoder
-    tuned = {"nearest": fitted("craft", p, run_dir, images, df, seed=p.seed, progress=progress).model,
+    tuned = {"nearest": wb.fitted("craft", seed=p.seed).model,
              "transposed": None}
     for key, vae in (("nearest", base.vae), ("transposed", variant)):
         with timer(f"craft_{key}"):

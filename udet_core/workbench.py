@@ -1,0 +1,143 @@
+"""The context a study runs in: one object holding the profile, the run directory, the data set and the backbones,
+instead of `(p, run_dir, images, df)` passed to every function.
+
+    wb = open_workbench("default")                                        # udet-mini, the stand-in backbones
+    wb = open_workbench("default", data="/data/DiffusionForensics", backbone="/ckpt/sd-image-variations-diffusers")
+    det = wb.fitted("craft")                                              # fitted on wb's train rows, cached
+    wb.table(evaluation.comparison(wb)[0], "03_comparison", wb.p)         # CSV + Markdown + provenance JSON
+
+Notebooks open one (their `data` and `backbone` papermill parameters), library functions take one. The data set is
+held in memory at the profile's input size (the notebooks' scale); data sets larger than memory go through the
+streamed commands (`train`, `evaluate`, `detect`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data.dataset import EMBEDDED
+from .runs import Timer, provenance, write_table
+
+EMBEDDED_LABEL = "udet-mini (synthetic stand-in)"
+
+
+class NotApplicable(Exception):
+    """Raised by a notebook whose analysis needs material its data set does not have (e.g. udet-mini's generated
+    captions); `reproduce` records that notebook as skipped with this message and goes on."""
+
+
+@dataclass
+class Workbench:
+    """Profile, run directory, data set (uint8 images + manifest rows), backbone, output folders and timings."""
+    p: object                     # profiles.Profile
+    run_dir: Path
+    images: np.ndarray            # (n, S, S, 3) uint8 at the profile's input size, S = p.data.resolution
+    df: pd.DataFrame              # their manifest rows, with `content`: the content domain cross-domain tests use
+    data: dict                    # provenance of the data set: spec, layout, resolution policy, rows, bad files
+    backbone: str | None = None   # a diffusers pipeline folder for CRAFT, DIRE and AEROBLADE (None: the stand-ins)
+    figures_dir: Path | None = None
+    seed: int = 0
+    progress: bool = False
+    timer: Timer = field(default_factory=Timer)
+
+    @property
+    def embedded(self) -> bool:
+        """Is the data set udet-mini (whose generators, captions and zoo the udet-mini-only analyses need)?"""
+        return self.data.get("spec") == EMBEDDED
+
+    @property
+    def label(self) -> str:
+        """How results and figure titles name the data set."""
+        return EMBEDDED_LABEL if self.embedded else f"{Path(self.data['spec']).name} ({self.data['layout']})"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.run_dir / "results"
+
+    def require_embedded(self, why: str) -> None:
+        """`NotApplicable` (the notebook is skipped, with `why`) unless the data set is udet-mini."""
+        if not self.embedded:
+            raise NotApplicable(f"{why}; this run's data set is {self.label}")
+
+    def require_explanations(self, why: str) -> None:
+        """`NotApplicable` unless every row has a reference explanation (udet-mini's templates, FakeClue's)."""
+        missing = int((self.df["explanation"].fillna("") == "").sum())
+        if missing:
+            raise NotApplicable(f"{why}: {missing} of {len(self.df)} images of {self.label} have no reference "
+                                "explanation (udet-mini and FakeClue JSON have them; folder layouts do not)")
+
+    def split(self, name: str) -> tuple[np.ndarray, pd.DataFrame]:
+        """(images, manifest rows with a fresh index) of one split."""
+        m = (self.df["split"] == name).to_numpy()
+        return self.images[m], self.df[m].reset_index(drop=True)
+
+    def with_profile(self, p) -> "Workbench":
+        """The same data set and backbone under another profile (an ablation variant)."""
+        return replace(self, p=p)
+
+    def fitted(self, name: str, *, p=None, seed: int | None = None, progress: bool | None = None, **kw):
+        """The detector `name` fitted on this data set's train rows (threshold from its val rows), cached by
+        content (`detectors.fitted`); with this workbench's backbone if the detector takes one."""
+        from .detectors import detector_class, fitted
+        backbone = self.backbone if detector_class(name).takes_backbone else None
+        return fitted(name, p or self.p, self.run_dir, self.images, self.df, backbone=backbone,
+                      seed=self.seed if seed is None else seed,
+                      progress=self.progress if progress is None else progress, **kw)
+
+    def provenance(self, cfg=None, seeds=None, **extra) -> dict:
+        """`runs.provenance` with this data set and backbone recorded."""
+        return provenance(cfg, seeds, self.timer.timings, data=self.label, data_provenance=self.data,
+                          backbone=self.backbone or "the profile's stand-in", **extra)
+
+    def table(self, df: pd.DataFrame, name: str, cfg=None, seeds=None, **extra) -> pd.DataFrame:
+        """Write `df` to `results/<name>.csv/.md/.json` (provenance: `provenance(cfg, seeds, **extra)`); returns it."""
+        write_table(df, self.results_dir / name, self.provenance(cfg, seeds, **extra))
+        return df
+
+    def figure(self, fig, name: str):
+        """Save a figure as `<figures_dir>/<name>.png` (+ .svg)."""
+        from .viz import save_figure
+        return save_figure(fig, self.figures_dir / name)
+
+
+def open_workbench(profile: str = "default", *, data=EMBEDDED, backbone=None, run_dir=None, figures_dir=None,
+                   seed: int = 0, progress: bool = False, policy: str = "center-crop",
+                   val_fraction: float | None = None, rebuild: bool = False) -> Workbench:
+    """The workbench of a profile on a data-set spec (`data.dataset`: udet-mini, a manifest CSV, a FakeClue JSON, or
+    a DiffusionForensics / GenImage / `0_real/1_fake` folder), loaded at the profile's input size under `policy`.
+    A data set without a `val` split needs `val_fraction` (carved from train by `data.dataset.split_validation`,
+    never from test). Files that cannot be read are reported and skipped (recorded in `wb.data["bad_files"]`).
+    `rebuild`: build udet-mini again even if a finished one exists. Outputs go to `runner.default_run_dir` and
+    `runner.default_figures_dir` of the profile and data unless given."""
+    from .data.dataset import check_split, open_dataset, split_validation
+    from .data.sources import content_domain
+    from .profiles import get_profile
+    from .runner import default_figures_dir, default_run_dir
+    p, timer = get_profile(profile, seed=seed), Timer()
+    run_dir = Path(run_dir or default_run_dir(profile, data))
+    with timer("open_data"):
+        readme = {}
+        if str(data) == EMBEDDED:
+            from .benchmark import build_benchmark
+            readme = {"readme": str(build_benchmark(p, run_dir, progress=progress, force=rebuild).root / "README.md")}
+        ds = open_dataset(data, size=p.data.resolution, policy=policy, p=p, run_dir=run_dir)
+        if val_fraction:
+            ds.manifest = split_validation(ds.manifest, val_fraction, seed)
+        images, df, problems = ds.load(progress=progress)
+    where = ds.description["spec"]
+    for split in ("train", "val", "test"):
+        if split == "val" and not (df["split"] == "val").any():
+            from .data.images import DataError
+            raise DataError(where, "has no 'val' split to calibrate thresholds on: set val_fraction (notebook "
+                                   "parameter / reproduce --val-fraction) to carve one from train (never from test)")
+        check_split(df, split, where)
+    # the content domain of each image: udet-mini's photo sources; elsewhere the manifest's domain (e.g. imagenet)
+    content = [content_domain(s) for s in df["source"]] if str(data) == EMBEDDED else df["domain"].where(df["domain"] != "", None)
+    bad = [{"path": str(q), "problem": why} for q, why in problems]
+    info = {**ds.provenance(), **readme, **({"val_fraction": val_fraction} if val_fraction else {}), "bad_files": bad}
+    return Workbench(p, run_dir, images, df.assign(content=content), info,
+                     str(backbone) if backbone else None,
+                     Path(figures_dir or default_figures_dir(profile, run_dir, data)), seed, progress, timer)
