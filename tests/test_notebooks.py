@@ -98,3 +98,29 @@ def test_runner_reports_a_dead_kernel_like_a_failing_cell(tmp_path):
     assert "01_gduf" not in record["notebooks"]
     executed = (tmp_path / "run" / "notebooks" / "00_data_prep.ipynb").read_text()
     assert "before the kill" in executed and "DeadKernelError" in executed
+
+
+@pytest.mark.notebook
+def test_every_notebook_runs_on_a_folder_data_set(tiny_run, tmp_path):
+    """`reproduce --data <0_real/1_fake tree> --backbone <pipeline> --val-fraction F` on tiny: the notebooks that apply
+    run on that data set with that backbone; 01 (explanations) and 02 (udet-mini's captions) are recorded as skipped,
+    with the reason; 05 skips only its upsampler ablation; nothing is written to the udet-mini run."""
+    from udet_core.bench import synthetic_tree
+    _, bench = tiny_run
+    tree = tmp_path / "tree"
+    synthetic_tree(tree, n_train=48, n_test=24, size=24, progress=False)
+    run_dir = tmp_path / "run"
+    record = reproduce("tiny", run_dir, data=str(tree), backbone=str(bench.generators.backbone_path), val_fraction=0.25)
+    status = {n: r["status"] for n, r in record["notebooks"].items()}
+    assert status["01_gduf"].startswith("skipped: UniGenDet learns to detect with a textual explanation"), status
+    assert status["02_diga"].startswith("skipped: DIGA's generation metrics"), status
+    assert all(status[n] == "ok" for n in ("00_data_prep", "03_craft_training", "04_ablations", "05_honeycomb_collapse"))
+    comp = json.loads((run_dir / "results" / "03_comparison.json").read_text())
+    assert comp["data_provenance"]["layout"] == "0_real/1_fake" and comp["backbone"] == str(bench.generators.backbone_path)
+    assert comp["data_provenance"]["val_fraction"] == 0.25 and "tree" in comp["data"]
+    for name in ("00_counts", "00_backbone_fidelity", "03_comparison", "03_craft_per_family", "04_craft_table2",
+                 "04_robustness", "04_format_bias", "04_craft_premise", "05_jacobian_norms"):
+        assert len((run_dir / "results" / f"{name}.csv").read_text().splitlines()) >= 2, name
+    assert not (run_dir / "results" / "05_upsampler_ablation.csv").exists()
+    assert (run_dir / "figures" / "03_comparison_ap.png").stat().st_size > 1000
+    assert not list((run_dir / "artifacts").glob("udet-mini-*"))        # udet-mini was never built for this run

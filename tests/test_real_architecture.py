@@ -63,7 +63,10 @@ def test_reduced_pipeline_has_sd_v1_structure_and_runs_the_craft_cli(tmp_path):
     assert all(r["wall_s"] > 0 and r["peak_rss_mb"] > 100 for r in rows)
     ckpt = tmp_path / "bench" / "ckpt-encoder+unet+decoder"
     assert (ckpt / "detector.json").is_file() and (ckpt / "craft.safetensors").is_file()
-    assert (ckpt / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    from safetensors import safe_open
+    with safe_open(str(ckpt / "craft.safetensors"), "pt") as f:   # the fine-tuned modules only, not the pipeline
+        assert {k.split(".")[0] for k in f.keys()} == {"cls", "mu_real", "mu_real_fast", "encoder", "unet", "vae"}
+    assert not (ckpt / "pipeline").exists()
     scores = pd.read_csv(tmp_path / "bench" / "scores-encoder+unet+decoder.csv")
     assert len(scores) == 2 and sorted(p.split("/")[-2] for p in scores["path"]) == ["0_real", "1_fake"]
     assert scores["score"].between(0, 1).all() and set(scores["detector"]) == {"craft"}

@@ -103,7 +103,7 @@ class Craft:
         if cfg.train_decoder:  # only the decoder side of the VAE copy trains
             v = self.suffix.vae
             for name, p in v.named_parameters():
-                p.requires_grad_(name.startswith(("decoder.", "post_quant_conv.")))
+                p.requires_grad_(name.startswith(DECODER_PARTS))
         for name in ("encoder", "unet"):
             getattr(self.suffix, name).requires_grad_(getattr(cfg, f"train_{name}"))
         self.cls = DistanceClassifier()
@@ -224,17 +224,23 @@ class Craft:
         return self
 
     # -- persistence
+    def tuned_modules(self) -> dict:
+        """The suffix modules this config fine-tunes, by name (encoder, unet, vae)."""
+        s, c = self.suffix, self.cfg
+        return {name: m for name, m, on in (("encoder", s.encoder, c.train_encoder), ("unet", s.unet, c.train_unet),
+                                            ("vae", s.vae, c.train_decoder)) if on}
+
     def save(self, folder, extra: dict | None = None) -> Path:
-        """Fine-tuned pipeline + classifier + centre + threshold; the base backbone is referenced by path and by
-        its content key, the distance by the name it resolved to."""
+        """The fine-tuned weights only (the trained modules; of the VAE, its decoder side) + classifier + centre +
+        threshold, in `craft.safetensors`; the base backbone is referenced by path and by its content key (the
+        untrained modules are its own), the distance by the name it resolved to."""
         from safetensors.torch import save_file
         folder = Path(folder)
         if self.base_path is None:
             raise ValueError("save() needs the base backbone's path: build the model with Craft.from_backbone(path)")
-        s = self.suffix
-        tuned = ImageVariation(s.vae, s.encoder, s.unet, self.scheduler, self.base.feature_extractor)
-        tuned.save(folder / "pipeline")
         tensors = {f"cls.{k}": v.contiguous() for k, v in self.cls.state_dict().items()}
+        tensors.update({f"{name}.{k}": v.contiguous() for name, module in self.tuned_modules().items()
+                        for k, v in module.state_dict().items() if name != "vae" or k.startswith(DECODER_PARTS)})
         if self.mu is not None:
             tensors.update(mu_real=self.mu.contiguous(), mu_real_fast=self.mu_fast.contiguous())
         save_file(tensors, str(folder / "craft.safetensors"))
@@ -261,13 +267,10 @@ class Craft:
             raise DataError(folder, f"its base backbone {meta['base']} changed since training (content key "
                                     f"{content_key(meta['base'])}, trained on {meta['base_key']}): retrain")
         model = cls.from_backbone(meta["base"], cfg)
-        tuned = load_image_variation(folder / "pipeline")
-        s = model.suffix
-        for mine, theirs, on in ((s.encoder, tuned.image_encoder, cfg.train_encoder), (s.unet, tuned.unet, cfg.train_unet),
-                                 (s.vae, tuned.vae, cfg.train_decoder)):
-            if on:
-                mine.load_state_dict(theirs.state_dict())
         t = load_file(str(folder / "craft.safetensors"))
+        for name, module in model.tuned_modules().items():   # copies of the base: load what fine-tuning changed
+            module.load_state_dict({k[len(name) + 1:]: v for k, v in t.items() if k.startswith(f"{name}.")},
+                                   strict=name != "vae")   # of the VAE only its decoder side was saved
         model.cls.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("cls.")})
         model.mu, model.mu_fast = t.get("mu_real"), t.get("mu_real_fast")
         model.threshold = meta["threshold"]
@@ -281,6 +284,9 @@ class Craft:
         model.base_path = Path(path).resolve()
         model._backbone_key = content_key(model.base_path)
         return model
+
+
+DECODER_PARTS = ("decoder.", "post_quant_conv.")   # the VAE parameters CRAFT's decoder fine-tuning trains
 
 
 def cache_dir(run_dir) -> Path:
@@ -352,7 +358,7 @@ def train(model: Craft, x: torch.Tensor, y: torch.Tensor, *, seed: int, out_dir=
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
-    from .train import Objective, balanced, fit
+    from .train import balanced
     acc = accelerator or Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     keep = balanced(y)
     x, y = x[keep], y[keep]
@@ -369,15 +375,85 @@ def train(model: Craft, x: torch.Tensor, y: torch.Tensor, *, seed: int, out_dir=
         def loss(mods, batch):
             return model.loss(mods, batch[0], model.prefix(batch[0]), batch[1])
 
-    mods = model.trainable()
+    return fine_tune(model, data, loss, seed=seed, out_dir=out_dir, progress=progress, accelerator=acc, val=val,
+                     cache_dir=cache_dir)
+
+
+def fine_tune(model: Craft, data, loss, *, seed: int, out_dir, progress: bool, accelerator, val, cache_dir,
+              rows=None, workers: int = 0) -> list[dict]:
+    """The fine-tuning loop of the suffix and the classifier (`train.fit`) on `data` (tensors or a data set of
+    examples `loss` reads), early-stopped on `val` = (x, y) and restored to its best check."""
+    from .train import Objective, fit
     stopper = EarlyStopping(model, *val, cache_dir=cache_dir) if val is not None and model.cfg.eval_every else None
-    history = fit(mods, [Objective("craft_loss", loss, model.param_groups(), lr=model.cfg.lr_cls)], data,
+    history = fit(model.trainable(), [Objective("craft_loss", loss, model.param_groups(), lr=model.cfg.lr_cls)], data,
                   steps=model.cfg.steps, batch_size=model.cfg.batch_size, seed=seed, out_dir=out_dir,
                   checkpoint_every=max(25, model.cfg.steps // 4), desc="CRAFT fine-tune", progress=progress,
-                  accelerator=acc, after_step=stopper)
+                  accelerator=accelerator, after_step=stopper, rows=rows, num_workers=workers)
     if stopper is not None and stopper.best is not None:
         stopper.restore()
     return history
+
+
+class PrefixExamples(torch.utils.data.Dataset):
+    """Training examples of a data set read from disk: (x in [-1, 1] (3, S, S), its cached frozen-prefix latent,
+    label); a file that cannot be read gives {"problem": (path, reason)} (`train.fit` skips it)."""
+
+    def __init__(self, ds, z: torch.Tensor, labels: torch.Tensor):
+        self.ds, self.z, self.labels = ds, z, labels
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        from .data.images import to_tensor
+        item = self.ds[i]
+        if item["image"] is None:
+            return {"problem": item["problem"]}
+        return to_tensor(item["image"][None].numpy())[0], self.z[i], self.labels[i]
+
+
+def fit_craft_streamed(model: Craft, train, *, seed: int, out_dir, cache_dir, progress: bool = True,
+                       accelerator=None, val=None, workers: int = 0) -> tuple[list[dict], list]:
+    """`fit_craft` on a data set read from disk (`data.dataset.ImageDataset`) without ever holding its images: the
+    real centre and the frozen-prefix latent of every training image are computed batch by batch through
+    DataLoader workers (each batch cached by its content, so a rerun or another seed reuses them), then the suffix
+    trains on images read back by the workers beside their cached latents. Held in memory: the latents (4 channels
+    at 1/8 of the side, 1/48 of the float pixels) and the validation split (`val` = (uint8 images, labels)).
+    Returns (history, [(path, problem)] of the files that could not be read)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+    from .data.images import to_tensor
+    from .train import balanced
+    acc = accelerator or Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    c, show = model.cfg, progress and acc.is_local_main_process
+    labels = torch.tensor(train.manifest["label"].to_numpy())
+    problems, sums, n_real = [], {"mu": 0.0, "mu_fast": 0.0}, 0
+    for b in tqdm(train.loader(c.eval_batch_size, workers, rows=np.flatnonzero(labels.numpy() == 0)),
+                  desc="real centre", disable=not show):
+        problems += b.problems
+        x = to_tensor(b.images.numpy())
+        key = config_hash("sum", model.backbone_key, c.n_steps, c.k, array_key(x))
+        t = cached_tensors(cache_dir and Path(cache_dir) / f"craft-centre-sum-{key}.safetensors",
+                           lambda: {"mu": model.invert(x).sum(0), "mu_fast": model.invert(x, fast=True).sum(0)})
+        sums = {k: sums[k] + t[k] for k in sums}
+        n_real += len(x)
+    if not n_real:
+        raise ValueError("no real training image could be read: CRAFT's real centre needs some")
+    model.mu, model.mu_fast = sums["mu"] / n_real, sums["mu_fast"] / n_real   # mean_center (eq. 2), batch by batch
+    z, ok = None, torch.zeros(len(train), dtype=torch.bool)
+    for b in tqdm(train.loader(c.eval_batch_size, workers), desc="frozen-prefix cache", disable=not show):
+        problems += b.problems
+        if len(b.index):
+            zb = prefix_cache(model, to_tensor(b.images.numpy()), c.eval_batch_size, cache_dir=cache_dir)
+            z = torch.zeros((len(train), *zb.shape[1:])) if z is None else z
+            z[b.index], ok[b.index] = zb, True
+    rows = torch.nonzero(ok).flatten()
+    rows = rows[balanced(labels[rows])].numpy()
+    val_t = None if val is None else (to_tensor(val[0]), torch.tensor(np.asarray(val[1])))
+    history = fine_tune(model, PrefixExamples(train, z, labels), lambda mods, batch: model.loss(mods, *batch),
+                        seed=seed, out_dir=out_dir, progress=progress, accelerator=acc, val=val_t,
+                        cache_dir=cache_dir, rows=rows, workers=workers)
+    return history, sorted(set(problems))
 
 
 # ------------------------------------------------------------------ experiment and detection
@@ -409,7 +485,7 @@ def fit_craft(model: Craft, images: np.ndarray, df, *, seed: int, out_dir, cache
     with timer("real_centre"):
         model.fit_center(x[y == 0], model.cfg.eval_batch_size, progress=progress and main, cache_dir=cache_dir)
     with timer("train"):
-        val_t = None if val is None else (to_tensor(val[0]), torch.as_tensor(np.asarray(val[1])))
+        val_t = None if val is None else (to_tensor(val[0]), torch.tensor(np.asarray(val[1])))
         return train(model, x, y, seed=seed, out_dir=out_dir, cache_dir=cache_dir, progress=progress,
                      accelerator=accelerator, val=val_t)
 
@@ -610,10 +686,17 @@ class CraftDetector(Detector):
     def fit(self, train, *, seed, out_dir, progress=False, val=None, workers=0):
         torch.manual_seed(seed)
         self.model = Craft.from_backbone(self._backbone(), self.cfg)
-        images, df, _ = train.load(progress=progress, num_workers=workers)   # CRAFT trains in memory (see README)
-        val_images, val_df, _ = val.load(progress=progress, num_workers=workers)
-        self.history = fit_craft(self.model, images, df, seed=seed, out_dir=out_dir, cache_dir=cache_dir(self.run_dir),
-                                 progress=progress, val=(val_images, val_df["label"].to_numpy()))
+        from .data.dataset import ArrayDataset
+        val_images, val_df, problems = val.load(progress=progress, num_workers=workers)   # held for early stopping
+        val = (val_images, val_df["label"].to_numpy())
+        if isinstance(train, ArrayDataset):   # in memory (the notebooks): one prefix cache per array
+            self.history = fit_craft(self.model, train.images, train.manifest, seed=seed, out_dir=out_dir,
+                                     cache_dir=cache_dir(self.run_dir), progress=progress, val=val)
+        else:
+            self.history, bad = fit_craft_streamed(self.model, train, seed=seed, out_dir=out_dir, progress=progress,
+                                                   cache_dir=cache_dir(self.run_dir), val=val, workers=workers)
+            problems += bad
+        self.bad_files += [{"path": str(path), "problem": why} for path, why in problems]
         self.model.eval()
         checks = [h for h in self.history if "val_auc" in h]
         return {"final_loss": self.history[-1]["craft_loss"] if self.history else None,

@@ -209,7 +209,7 @@ def fit_detector(det: Detector, train, val, *, seed: int, out, progress: bool = 
         atomic_write_json(out / "detector.json", {
             "name": det.name, "threshold": det.threshold, "seed": seed, "fit_s": det.fit_s, "info": info,
             "profile": config_dict(det.p), "config": _jsonable(det.config()), "backbone": det.backbone,
-            "run_dir": str(det.run_dir.resolve()), "bad_files": det.bad_files,
+            "run_dir": str(det.run_dir.resolve()), "bad_files": list({b["path"]: b for b in det.bad_files}.values()),
             **(extra or {})})
     det.folder = out
     return det
