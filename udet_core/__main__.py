@@ -150,9 +150,6 @@ def _run(ap, a) -> int:
     elif a.cmd == "bench":
         import json
         from . import bench
-        from .profiles import get_profile
-        from .runner import default_run_dir
-        p, run_dir = get_profile(a.profile, seed=a.seed), a.run_dir or default_run_dir(a.profile)
         if a.what == "real-architecture":
             if not a.out:
                 ap.error("real-architecture needs --out")
@@ -174,16 +171,22 @@ def _run(ap, a) -> int:
             ds = _dataset_for(det, a.data).subset("test")
             print(pd.DataFrame(bench.streaming(det, ds, a.n, workers=a.workers)).to_string(index=False))
         elif a.what == "craft-cache":
-            print(json.dumps(bench.craft_cache(p, run_dir, a.n_steps, a.k, modules=a.train.split(",")), indent=2))
+            print(json.dumps(bench.craft_cache(_workbench(a), a.n_steps, a.k, modules=a.train.split(",")), indent=2))
         elif a.what == "craft-distance":
             import pandas as pd
-            print(pd.DataFrame(bench.craft_distance(p, run_dir)).to_string(index=False))
+            print(pd.DataFrame(bench.craft_distance(_workbench(a))).to_string(index=False))
         else:
             if not a.checkpoint:
                 ap.error("craft-detect needs --checkpoint")
             import pandas as pd
-            print(pd.DataFrame(bench.craft_detect(a.checkpoint, p, run_dir)).to_string(index=False))
+            print(pd.DataFrame(bench.craft_detect(a.checkpoint, _workbench(a))).to_string(index=False))
     return 0
+
+
+def _workbench(a):
+    """The udet-mini workbench of a bench command's profile, run dir and seed."""
+    from .workbench import open_workbench
+    return open_workbench(a.profile, run_dir=a.run_dir, seed=a.seed)
 
 
 def _train(a) -> int:

@@ -16,7 +16,7 @@ def _timeit(fn, repeat: int = 2) -> float:
     return (time.perf_counter() - t0) / repeat
 
 
-def craft_cache(p, run_dir, n_steps: int = 50, k: int = 15, n_images: int = 256, batch_size: int = 16,
+def craft_cache(wb, n_steps: int = 50, k: int = 15, n_images: int = 256, batch_size: int = 16,
                 seed: int = 0, modules=("encoder", "unet", "decoder")) -> dict:
     """Per-epoch cost of CRAFT fine-tuning with and without the frozen-prefix cache.
 
@@ -25,16 +25,12 @@ def craft_cache(p, run_dir, n_steps: int = 50, k: int = 15, n_images: int = 256,
     cached run pays that once per image when the cache is built, not in every epoch. The speedup is printed beside
     its bound 1 + T_prefix / T_suffix (both timed in this run: the frozen prefix of one batch, one cached step).
     """
-    from .benchmark import build_benchmark
     from .craft import Craft, split_tensors
-    from .data.manifest import load_images
-    cfg = replace(p.craft, n_steps=n_steps, k=k, batch_size=batch_size,
+    cfg = replace(wb.p.craft, n_steps=n_steps, k=k, batch_size=batch_size,
                   **{f"train_{m}": m in modules for m in ("encoder", "unet", "decoder")})
-    bench = build_benchmark(p, run_dir, progress=False)
-    images, df, _ = load_images(bench.manifest)
-    x, y = split_tensors(images, df, "train")
+    x, y = split_tensors(wb.images, wb.df, "train")
     torch.manual_seed(seed)
-    model = Craft.from_backbone(bench.generators.backbone_path, cfg)
+    model = Craft.from_backbone(_backbone(wb), cfg)
     model.fit_center(x[y == 0][:128])
     xb, yb = x[:batch_size], y[:batch_size]
     mods = model.trainable()
@@ -63,17 +59,13 @@ def craft_cache(p, run_dir, n_steps: int = 50, k: int = 15, n_images: int = 256,
             "trained_modules": [m for m in ("encoder", "unet", "decoder") if getattr(cfg, f"train_{m}")]}
 
 
-def craft_detect(checkpoint, p, run_dir, split: str = "test", batch_size: int = 64) -> list[dict]:
-    """Detection throughput and accuracy of a CRAFT checkpoint, full mode vs CRAFT-fast (k inversion steps; a
-    different detector, see `craft.FAST_MODE`)."""
-    from .benchmark import build_benchmark
+def craft_detect(checkpoint, wb, split: str = "test", batch_size: int = 64) -> list[dict]:
+    """Detection throughput and accuracy of a CRAFT checkpoint on a workbench's split, full mode vs CRAFT-fast
+    (k inversion steps; a different detector, see `craft.FAST_MODE`)."""
     from .craft import FAST_MODE, Craft, split_tensors
-    from .data.manifest import load_images
     from .metrics import summary
     model = Craft.load(checkpoint)
-    bench = build_benchmark(p, run_dir, progress=False)
-    images, df, _ = load_images(bench.manifest)
-    x, y = split_tensors(images, df, split)
+    x, y = split_tensors(wb.images, wb.df, split)
     rows = []
     for fast in (False, True):
         t0 = time.perf_counter()
@@ -86,22 +78,18 @@ def craft_detect(checkpoint, p, run_dir, split: str = "test", batch_size: int = 
     return rows
 
 
-def craft_distance(p, run_dir, names=("mse", "lpips-vgg", "vae-features"), steps: int = 120, seed: int = 0) -> list[dict]:
+def craft_distance(wb, names=("mse", "lpips-vgg", "vae-features"), steps: int = 120, seed: int = 0) -> list[dict]:
     """How the choice of d(x, x_hat) affects CRAFT: train one short model per distance, report validation AUC
     and training time. (How the offline default distance was chosen; ImageNet LPIPS weights are not available.)"""
     from sklearn.metrics import roc_auc_score
-    from .benchmark import build_benchmark
     from .craft import Craft, split_tensors, train
-    from .data.manifest import load_images
     from .distances import distance_label
-    bench = build_benchmark(p, run_dir, progress=False)
-    images, df, _ = load_images(bench.manifest)
-    x, y = split_tensors(images, df, "train")
-    xv, yv = split_tensors(images, df, "val")
+    x, y = split_tensors(wb.images, wb.df, "train")
+    xv, yv = split_tensors(wb.images, wb.df, "val")
     rows = []
     for name in names:
         torch.manual_seed(seed)
-        model = Craft.from_backbone(bench.generators.backbone_path, replace(p.craft, distance=name, steps=steps))
+        model = Craft.from_backbone(_backbone(wb), replace(wb.p.craft, distance=name, steps=steps))
         model.fit_center(x[y == 0])
         t0 = time.perf_counter()
         hist = train(model, x, y, seed=seed, progress=True)
@@ -113,6 +101,12 @@ def craft_distance(p, run_dir, names=("mse", "lpips-vgg", "vae-features"), steps
                      "median_d_real": float(np.median(d[yn == 0])), "median_d_fake": float(np.median(d[yn == 1])),
                      "final_loss": round(float(np.mean([h["craft_loss"] for h in hist[-10:]])), 3)})
     return rows
+
+
+def _backbone(wb):
+    """The workbench's CRAFT backbone: the one it names, else the profile's stand-in."""
+    from .detectors import default_generators
+    return wb.backbone or default_generators(wb.p, wb.run_dir).backbone_path
 
 
 # ------------------------------------------------------------------ own data at scale (`bench make-tree`)

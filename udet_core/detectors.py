@@ -37,6 +37,7 @@ class Detector:
     threshold: float | None = None
     use_cache = True     # detectors that cache per-image work (DIRE's reconstructions) honour this flag
     takes_backbone = ""  # what `backbone` (CLI --backbone) names for this detector; "" = it takes none
+    needs_explanations = False   # trains on the manifest's reference explanations (UniGenDet)
 
     def __init__(self, p, run_dir, backbone=None):
         """`backbone`: a path (or, for detectors built on several, a list of paths) replacing the profile's default

@@ -41,7 +41,7 @@ def comparison(wb, detectors=None, seeds=None, cost_images: int = 128):
     Returns (summary: mean ± std per detector and subset with cost columns, per_family: mean ± std per detector
     and family, long: one row per detector x seed x subset, family_long: one row per detector x seed x family).
     """
-    detectors, seeds, progress = detectors or wb.p.eval.detectors, seeds or wb.p.eval.seeds, wb.progress
+    detectors, seeds, progress = wb.applicable(detectors or wb.p.eval.detectors), seeds or wb.p.eval.seeds, wb.progress
     x_test, test = wb.split("test")
     y_test = test["label"].to_numpy()
     rows, fam_rows, costs = [], [], []
@@ -188,7 +188,7 @@ def cross_domain(wb, detectors=None, seeds=None):
     train domain and one column per test domain, long table); both empty with fewer than two domains.
     """
     p, images, df, progress = wb.p, wb.images, wb.df, wb.progress
-    detectors, seeds = detectors or p.eval.cross_domain_detectors, seeds or p.eval.seeds
+    detectors, seeds = wb.applicable(detectors or p.eval.cross_domain_detectors), seeds or p.eval.seeds
     has = df["content"].notna().to_numpy()
     domains = sorted(df.loc[has, "content"].unique())
     if len(domains) < 2:
@@ -234,7 +234,7 @@ def robustness(wb, detectors=None, seeds=None):
 
     Returns (summary: mean ± std of bacc and AP per detector and condition, long table)."""
     p, images, df, progress = wb.p, wb.images, wb.df, wb.progress
-    detectors, seeds = detectors or p.eval.detectors, seeds or p.eval.seeds
+    detectors, seeds = wb.applicable(detectors or p.eval.detectors), seeds or p.eval.seeds
     idx = balanced_test_sample(df, p.eval.robustness_per_class)
     y = df["label"].to_numpy()[idx]
     conds = robustness_conditions(p)
@@ -260,7 +260,7 @@ def format_bias(wb, detectors=None, seeds=None):
 
     Returns (summary mean ± std per detector, long table)."""
     p, images, df, progress = wb.p, wb.images, wb.df, wb.progress
-    detectors, seeds = detectors or p.eval.detectors, seeds or p.eval.seeds
+    detectors, seeds = wb.applicable(detectors or p.eval.detectors), seeds or p.eval.seeds
     m = (df["split"] == "test").to_numpy()
     x_png, y = images[m], df["label"].to_numpy()[m]
     q = p.eval.format_jpeg_quality

@@ -80,16 +80,39 @@ class UniGenDet:
         whose detection weights are both 0 (a generation-only model) gets generation rows only."""
         x = self._pixels(images)
         y = torch.tensor(df["label"].to_numpy(), dtype=torch.long)
+        idx, task = self.training_rows(y, seed, gen_ratio)
+        return (x[idx], self.latents(x)[idx], y[idx], self.answer_ids(df["explanation"])[idx],
+                self.caption_ids(df["caption"])[idx], task)
+
+    def training_rows(self, y: torch.Tensor, seed: int, gen_ratio: float | None = None) -> tuple:
+        """(row of each training example, its task) for rows with labels `y` (`training_tensors`)."""
         det = balanced(y)
         reals = torch.nonzero(y == 0).flatten()
         n_gen = int(round((self.cfg.gen_ratio if gen_ratio is None else gen_ratio) * len(det)))
         gen = reals[torch.randint(len(reals), (n_gen,), generator=torch.Generator().manual_seed(seed))]
         if self.cfg.w_cls == 0 and self.cfg.w_exp == 0:
             det = det[:0]
-        idx = torch.cat([det, gen])
-        task = torch.cat([torch.zeros(len(det), dtype=torch.long), torch.ones(n_gen, dtype=torch.long)])
-        return (x[idx], self.latents(x)[idx], y[idx], self.answer_ids(df["explanation"])[idx],
-                self.caption_ids(df["caption"])[idx], task)
+        return torch.cat([det, gen]), torch.cat([torch.zeros(len(det), dtype=torch.long),
+                                                  torch.ones(n_gen, dtype=torch.long)])
+
+    def training_examples(self, ds, seed: int, workers: int = 0, progress: bool = False):
+        """`training_tensors` of a data set read from disk, as a data set of examples (`UnifiedExamples`): the
+        clean latents of every row are computed batch by batch through DataLoader workers and held (4 channels at
+        1/8 of the side); the images are read back by the workers while training. Returns (examples, the
+        (path, problem) of files that could not be read: their examples are left out)."""
+        df = ds.manifest
+        y = torch.tensor(df["label"].to_numpy(), dtype=torch.long)
+        z, ok, problems = None, torch.zeros(len(ds), dtype=torch.bool), []
+        for b in tqdm(ds.loader(self.cfg.eval_batch_size, workers), desc="UniGenDet latents", disable=not progress):
+            problems += b.problems
+            if len(b.index):
+                zb = self.latents(self._pixels(b.images.numpy()))
+                z = torch.zeros((len(ds), *zb.shape[1:])) if z is None else z
+                z[b.index], ok[b.index] = zb, True
+        idx, task = self.training_rows(y, seed)
+        keep = ok[idx]
+        return UnifiedExamples(ds, z, y, self.answer_ids(df["explanation"]), self.caption_ids(df["caption"]),
+                               idx[keep], task[keep], self.model.cfg.vit_image_size), problems
 
     def pretraining_tensors(self, crops: np.ndarray, captions) -> tuple:
         """Pretraining rows in `step_terms`' layout: each crop once as a captioning row (task 0, its caption as the
@@ -140,15 +163,15 @@ class UniGenDet:
         total = gduf_total_loss(l_cls, l_exp, l_gen, self.cfg.w_cls, self.cfg.w_exp, self.cfg.w_gen)
         return total, {"L_cls": l_cls.item(), "L_exp": l_exp.item(), "L_gen": l_gen.item()}
 
-    def train(self, images: np.ndarray, df: pd.DataFrame, *, seed: int, out_dir=None, progress: bool = True,
-              checkpoint_every: int = 100) -> list[dict]:
-        """GDUF training (accelerate; checkpoints in `out_dir`, resumed on rerun)."""
-        data = self.training_tensors(images, df, seed)
+    def train(self, data, *, seed: int, out_dir=None, progress: bool = True, checkpoint_every: int = 100,
+              workers: int = 0) -> list[dict]:
+        """GDUF training (accelerate; checkpoints in `out_dir`, resumed on rerun) on `training_tensors` or
+        `training_examples` (read by `workers` DataLoader workers)."""
         obj = Objective("gduf", lambda m, b: self.loss(m["model"], b), [{"params": self.model.parameters()}],
                         lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         history = fit({"model": self.model}, [obj], data, steps=self.cfg.steps, batch_size=self.cfg.batch_size,
                       seed=seed, out_dir=out_dir, checkpoint_every=checkpoint_every, desc="GDUF", progress=progress,
-                      accelerator=mixed_task_accelerator())
+                      accelerator=mixed_task_accelerator(), num_workers=workers)
         self.model.eval()
         return history
 
@@ -311,6 +334,27 @@ def generation_only(cfg: GdufConfig) -> GdufConfig:
     return replace(cfg, w_cls=0.0, w_exp=0.0, steps=max(1, round(cfg.steps * share)))
 
 
+class UnifiedExamples(torch.utils.data.Dataset):
+    """GDUF training examples of a data set read from disk, in `training_tensors`' layout: example v is row
+    `rows[v]` for task `task[v]` (pixels at the ViT size, clean latent, label, answer ids, caption ids, task)."""
+
+    def __init__(self, ds, z, y, answers, captions, rows, task, size: int):
+        self.ds, self.z, self.y, self.answers, self.captions = ds, z, y, answers, captions
+        self.rows, self.task, self.size = rows, task, size
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, v: int):
+        from .data.images import to_tensor
+        r = int(self.rows[v])
+        item = self.ds[r]
+        if item["image"] is None:
+            return {"problem": item["problem"]}
+        x = to_tensor(item["image"][None].numpy(), size=self.size)[0]
+        return x, self.z[r], self.y[r], self.answers[r], self.captions[r], self.task[v]
+
+
 def mixed_task_accelerator():
     """An Accelerator whose DistributedDataParallel tolerates weights a step does not use (a process's share of a
     mixed batch may hold no generation rows, or no detection rows)."""
@@ -341,6 +385,8 @@ class UniGenDetDetector(Detector):
         super().__init__(p, run_dir, backbone)
         self.cfg, self.model, self.history = p.gduf, None, []
 
+    needs_explanations = True
+
     def config(self):
         if self.p.zoo:
             from . import zoo
@@ -364,9 +410,14 @@ class UniGenDetDetector(Detector):
             vae = AutoencoderKL.from_pretrained(str(default_generators(self.p, self.run_dir).vae_path))
             texts = list(df["explanation"]) + list(df.loc[df["label"] == 0, "caption"])
             self.model = UniGenDet.build(self.cfg, vae, texts, self.p.data.resolution)
-        images, df, _ = train.load(progress=progress, num_workers=workers)   # trains in memory (see README)
+        from .data.dataset import ArrayDataset
         with PeakRSS() as mem:
-            self.history = self.model.train(images, df, seed=seed, out_dir=out_dir, progress=progress)
+            if isinstance(train, ArrayDataset):   # in memory (the notebooks)
+                data = self.model.training_tensors(train.images, df, seed)
+            else:
+                data, problems = self.model.training_examples(train, seed, workers, progress)
+                self.bad_files += [{"path": str(q), "problem": why} for q, why in problems]
+            self.history = self.model.train(data, seed=seed, out_dir=out_dir, progress=progress, workers=workers)
         final = self.history[-1] if self.history else {}
         # per step of this call's training (a fit resumed from a checkpoint ran fewer steps: then an underestimate)
         return {**{k: final.get(k) for k in ("gduf", "L_cls", "L_exp", "L_gen", "wall_s")},

@@ -62,10 +62,23 @@ class Workbench:
         if not self.embedded:
             raise NotApplicable(f"{why}; this run's data set is {self.label}")
 
+    @property
+    def has_explanations(self) -> bool:
+        return bool((self.df["explanation"].fillna("") != "").all())
+
+    def applicable(self, names) -> list[str]:
+        """The detectors of `names` this data set can train (one that learns to explain needs reference
+        explanations); the others are named once on the console."""
+        from .detectors import detector_class
+        keep = [n for n in names if self.has_explanations or not detector_class(n).needs_explanations]
+        if len(keep) < len(names):
+            print(f"left out on {self.label} (no reference explanations): {sorted(set(names) - set(keep))}")
+        return keep
+
     def require_explanations(self, why: str) -> None:
         """`NotApplicable` unless every row has a reference explanation (udet-mini's templates, FakeClue's)."""
         missing = int((self.df["explanation"].fillna("") == "").sum())
-        if missing:
+        if missing:   # (`has_explanations` is false)
             raise NotApplicable(f"{why}: {missing} of {len(self.df)} images of {self.label} have no reference "
                                 "explanation (udet-mini and FakeClue JSON have them; folder layouts do not)")
 
@@ -98,7 +111,7 @@ class Workbench:
         return df
 
     def figure(self, fig, name: str):
-        """Save a figure as `<figures_dir>/<name>.png` (+ .svg)."""
+        """Save a figure as `<figures_dir>/<name>.png` and `.pdf` (`viz.save_figure`)."""
         from .viz import save_figure
         return save_figure(fig, self.figures_dir / name)
 

@@ -27,6 +27,22 @@ def dire_image(x: torch.Tensor, x_hat: torch.Tensor) -> np.ndarray:
     return d.permute(0, 2, 3, 1).numpy()
 
 
+class StoredDire(torch.utils.data.Dataset):
+    """The DIRE images of a data set's readable rows, stored on disk as one uint8 array (`.npy`, memory-mapped as
+    the official code stores DIRE PNGs): examples (DIRE image (S, S, 3), label) for the classifier's training."""
+
+    def __init__(self, path, rows: np.ndarray, labels: np.ndarray):
+        self.path, self.rows, self.labels, self._mm = Path(path), rows, torch.tensor(labels[rows]), None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        if self._mm is None:   # opened in each DataLoader worker
+            self._mm = np.load(self.path, mmap_mode="r")
+        return torch.from_numpy(np.array(self._mm[i])), self.labels[i]
+
+
 @register("dire")
 class Dire(Detector):
     """DDIM reconstruction error + ResNet. Reconstructions are cached per image content (shared by seeds)."""
@@ -73,13 +89,38 @@ class Dire(Detector):
             atomic_write_bytes(cache, save({"dire": torch.from_numpy(np.ascontiguousarray(out))}))
         return out
 
+    def stored_dire_images(self, ds, path: Path, progress: bool = False, workers: int = 0) -> StoredDire:
+        """The DIRE images of every readable row of the lazy data set `ds`, made batch by batch through DataLoader
+        workers (each batch's reconstructions cached by content, as `dire_images`) and written to `path`; the files
+        that could not be read are added to `bad_files` and left out."""
+        from numpy.lib.format import open_memmap
+        out, rows = None, []
+        for b in tqdm(ds.loader(self.cfg.batch_size, workers), desc="DIRE images", disable=not progress):
+            self.bad_files += [{"path": str(q), "problem": why} for q, why in b.problems]
+            if len(b.index):
+                d = self.dire_images(b.images.numpy())
+                out = open_memmap(path, "w+", np.uint8, (len(ds), *d.shape[1:])) if out is None else out
+                out[len(rows):len(rows) + len(d)] = d
+                rows += b.index.tolist()
+        if out is None:
+            raise ValueError(f"DIRE: no training image of {ds.description.get('spec', 'the data set')} could be read")
+        out.flush()
+        return StoredDire(path, np.asarray(rows), ds.manifest["label"].to_numpy())
+
     def fit(self, train, *, seed, out_dir, progress=False, val=None, workers=0):
-        images, df, _ = train.load(progress=progress, num_workers=workers)   # DIRE images are made in memory
-        errors, labels = torch.from_numpy(self.dire_images(images, progress)), df["label"].to_numpy()
-        self.net, history = train_classifier(torch.utils.data.TensorDataset(errors, torch.as_tensor(labels)), labels,
-                                             self.cfg.classifier, seed=seed, out_dir=out_dir, progress=progress,
-                                             desc="DIRE classifier")
-        return {"final_bce": history[-1]["bce"] if history else None}
+        from ..data.dataset import ArrayDataset
+        labels = train.manifest["label"].to_numpy()
+        if isinstance(train, ArrayDataset):   # in memory (the notebooks): one reconstruction cache per array
+            examples = torch.utils.data.TensorDataset(torch.from_numpy(self.dire_images(train.images, progress)),
+                                                      torch.tensor(labels))
+        else:
+            examples = self.stored_dire_images(train, Path(out_dir) / "dire-train.npy", progress, workers)
+            labels = labels[examples.rows]
+        self.net, history = train_classifier(examples, labels, self.cfg.classifier, seed=seed, out_dir=out_dir,
+                                             progress=progress, desc="DIRE classifier", num_workers=workers)
+        if isinstance(examples, StoredDire):
+            examples.path.unlink()   # remade from the per-batch reconstruction caches if a rerun needs it
+        return {"final_bce": history[-1]["bce"] if history else None, "bce_per_step": [h["bce"] for h in history]}
 
     def score(self, images, *, progress=False):
         return classifier_scores(self.net, self.dire_images(images, progress))
