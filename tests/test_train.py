@@ -71,3 +71,31 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, crash):
         h[-1].pop("wall_s")
     assert hist2 == hist                                   # steps 1-4 from the checkpoint, 5-8 recomputed
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))   # bitwise
+
+
+class _WithBadFile(torch.utils.data.Dataset):
+    """Examples (x,) of a tensor; example 3 is a file that could not be read."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return {"problem": ("/data/broken.png", "truncated PNG")} if i == 3 else (self.data[i],)
+
+
+def test_a_bad_file_is_reported_once_logged_and_skipped(tmp_path, capsys):
+    """A data set example that cannot be read (read by 2 DataLoader workers) is reported once, logged in the
+    history (so a resumed run still knows it), and left out of the batches that drew it; training goes on."""
+    from udet_core.train import StepBatches, skipped_files
+    model, data = _setup()
+    hist = fit({"net": model}, [_objective(model)], _WithBadFile(data), steps=8, batch_size=16, seed=3,
+               progress=False, num_workers=2)
+    draws = [[i for i, _ in batch] for batch in StepBatches(torch.arange(64), 16, 3, 0, 8)]
+    assert sum(3 in d for d in draws) >= 2                  # drawn more than once, reported once
+    assert skipped_files(hist) == [{"path": "/data/broken.png", "problem": "truncated PNG"}]
+    assert [h["step"] for h in hist] == list(range(1, 9)) and sum("skipped" in h for h in hist) == 1
+    assert capsys.readouterr().out.count("skipping /data/broken.png: truncated PNG") == 1
+    assert all(torch.isfinite(torch.tensor(h["mse"])) for h in hist)

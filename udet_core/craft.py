@@ -236,6 +236,7 @@ class Craft:
         untrained modules are its own), the distance by the name it resolved to."""
         from safetensors.torch import save_file
         folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
         if self.base_path is None:
             raise ValueError("save() needs the base backbone's path: build the model with Craft.from_backbone(path)")
         tensors = {f"cls.{k}": v.contiguous() for k, v in self.cls.state_dict().items()}
