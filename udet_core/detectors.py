@@ -87,7 +87,7 @@ class Detector:
         from .data.dataset import ArrayDataset
         if isinstance(val, ArrayDataset):
             return np.asarray(self.score(val.images, progress=progress), float), val.manifest["label"].to_numpy()
-        s, problems = score_dataset(self, val, batch_size=256, num_workers=workers, progress=progress)
+        s, problems = score_dataset(self, val, batch_size=64, num_workers=workers, progress=progress)
         self.bad_files += [{"path": str(path), "problem": why} for path, why in problems]
         ok = ~np.isnan(s)
         return s[ok], val.manifest["label"].to_numpy()[ok]
