@@ -381,7 +381,7 @@ def train(model: Craft, x: torch.Tensor, y: torch.Tensor, *, seed: int, out_dir=
 
 
 def fine_tune(model: Craft, data, loss, *, seed: int, out_dir, progress: bool, accelerator, val, cache_dir,
-              rows=None, workers: int = 0) -> list[dict]:
+              rows=None, transform=None, workers: int = 0) -> list[dict]:
     """The fine-tuning loop of the suffix and the classifier (`train.fit`) on `data` (tensors or a data set of
     examples `loss` reads), early-stopped on `val` = (x, y) and restored to its best check."""
     from .train import Objective, fit
@@ -389,28 +389,10 @@ def fine_tune(model: Craft, data, loss, *, seed: int, out_dir, progress: bool, a
     history = fit(model.trainable(), [Objective("craft_loss", loss, model.param_groups(), lr=model.cfg.lr_cls)], data,
                   steps=model.cfg.steps, batch_size=model.cfg.batch_size, seed=seed, out_dir=out_dir,
                   checkpoint_every=max(25, model.cfg.steps // 4), desc="CRAFT fine-tune", progress=progress,
-                  accelerator=accelerator, after_step=stopper, rows=rows, num_workers=workers)
+                  accelerator=accelerator, after_step=stopper, rows=rows, transform=transform, num_workers=workers)
     if stopper is not None and stopper.best is not None:
         stopper.restore()
     return history
-
-
-class PrefixExamples(torch.utils.data.Dataset):
-    """Training examples of a data set read from disk: (x in [-1, 1] (3, S, S), its cached frozen-prefix latent,
-    label); a file that cannot be read gives {"problem": (path, reason)} (`train.fit` skips it)."""
-
-    def __init__(self, ds, z: torch.Tensor, labels: torch.Tensor):
-        self.ds, self.z, self.labels = ds, z, labels
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, i: int):
-        from .data.images import to_tensor
-        item = self.ds[i]
-        if item["image"] is None:
-            return {"problem": item["problem"]}
-        return to_tensor(item["image"][None].numpy())[0], self.z[i], self.labels[i]
 
 
 def fit_craft_streamed(model: Craft, train, *, seed: int, out_dir, cache_dir, progress: bool = True,
@@ -423,6 +405,7 @@ def fit_craft_streamed(model: Craft, train, *, seed: int, out_dir, cache_dir, pr
     Returns (history, [(path, problem)] of the files that could not be read)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
+    from .data.dataset import RowExamples, pixels
     from .data.images import to_tensor
     from .train import balanced
     acc = accelerator or Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
@@ -451,9 +434,9 @@ def fit_craft_streamed(model: Craft, train, *, seed: int, out_dir, cache_dir, pr
     rows = torch.nonzero(ok).flatten()
     rows = rows[balanced(labels[rows])].numpy()
     val_t = None if val is None else (to_tensor(val[0]), torch.tensor(np.asarray(val[1])))
-    history = fine_tune(model, PrefixExamples(train, z, labels), lambda mods, batch: model.loss(mods, *batch),
+    history = fine_tune(model, RowExamples(train, z, labels), lambda mods, batch: model.loss(mods, *batch),
                         seed=seed, out_dir=out_dir, progress=progress, accelerator=acc, val=val_t,
-                        cache_dir=cache_dir, rows=rows, workers=workers)
+                        cache_dir=cache_dir, rows=rows, transform=pixels, workers=workers)
     return history, sorted(set(problems))
 
 

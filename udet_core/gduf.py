@@ -96,7 +96,8 @@ class UniGenDet:
                                                   torch.ones(n_gen, dtype=torch.long)])
 
     def training_examples(self, ds, seed: int, workers: int = 0, progress: bool = False):
-        """`training_tensors` of a data set read from disk, as a data set of examples (`UnifiedExamples`): the
+        """`training_tensors` of a data set read from disk, as a data set of examples (`data.dataset.RowExamples`,
+        images turned into pixels at the ViT size by the `transform` `training_transform`): the
         clean latents of every row are computed batch by batch through DataLoader workers and held (4 channels at
         1/8 of the side); the images are read back by the workers while training. Returns (examples, the
         (path, problem) of files that could not be read: their examples are left out)."""
@@ -109,10 +110,17 @@ class UniGenDet:
                 zb = self.latents(self._pixels(b.images.numpy()))
                 z = torch.zeros((len(ds), *zb.shape[1:])) if z is None else z
                 z[b.index], ok[b.index] = zb, True
+        from .data.dataset import RowExamples
         idx, task = self.training_rows(y, seed)
-        keep = ok[idx]
-        return UnifiedExamples(ds, z, y, self.answer_ids(df["explanation"]), self.caption_ids(df["caption"]),
-                               idx[keep], task[keep], self.model.cfg.vit_image_size), problems
+        idx, task = idx[ok[idx]], task[ok[idx]]
+        return RowExamples(ds, z[idx], y[idx], self.answer_ids(df["explanation"])[idx],
+                           self.caption_ids(df["caption"])[idx], task, rows=idx), problems
+
+    def training_transform(self):
+        """The `train.fit` transform of `training_examples`: pixels at the ViT input size."""
+        from functools import partial
+        from .data.dataset import pixels
+        return partial(pixels, size=self.model.cfg.vit_image_size)
 
     def pretraining_tensors(self, crops: np.ndarray, captions) -> tuple:
         """Pretraining rows in `step_terms`' layout: each crop once as a captioning row (task 0, its caption as the
@@ -171,7 +179,8 @@ class UniGenDet:
                         lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         history = fit({"model": self.model}, [obj], data, steps=self.cfg.steps, batch_size=self.cfg.batch_size,
                       seed=seed, out_dir=out_dir, checkpoint_every=checkpoint_every, desc="GDUF", progress=progress,
-                      accelerator=mixed_task_accelerator(), num_workers=workers)
+                      accelerator=mixed_task_accelerator(), num_workers=workers,
+                      transform=None if isinstance(data, tuple) else self.training_transform())
         self.model.eval()
         return history
 
@@ -332,27 +341,6 @@ def generation_only(cfg: GdufConfig) -> GdufConfig:
     at equal generation training."""
     share = cfg.gen_ratio / (1 + cfg.gen_ratio)
     return replace(cfg, w_cls=0.0, w_exp=0.0, steps=max(1, round(cfg.steps * share)))
-
-
-class UnifiedExamples(torch.utils.data.Dataset):
-    """GDUF training examples of a data set read from disk, in `training_tensors`' layout: example v is row
-    `rows[v]` for task `task[v]` (pixels at the ViT size, clean latent, label, answer ids, caption ids, task)."""
-
-    def __init__(self, ds, z, y, answers, captions, rows, task, size: int):
-        self.ds, self.z, self.y, self.answers, self.captions = ds, z, y, answers, captions
-        self.rows, self.task, self.size = rows, task, size
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, v: int):
-        from .data.images import to_tensor
-        r = int(self.rows[v])
-        item = self.ds[r]
-        if item["image"] is None:
-            return {"problem": item["problem"]}
-        x = to_tensor(item["image"][None].numpy(), size=self.size)[0]
-        return x, self.z[r], self.y[r], self.answers[r], self.captions[r], self.task[v]
 
 
 def mixed_task_accelerator():

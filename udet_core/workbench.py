@@ -12,7 +12,7 @@ streamed commands (`train`, `evaluate`, `detect`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -86,10 +86,6 @@ class Workbench:
         """(images, manifest rows with a fresh index) of one split."""
         m = (self.df["split"] == name).to_numpy()
         return self.images[m], self.df[m].reset_index(drop=True)
-
-    def with_profile(self, p) -> "Workbench":
-        """The same data set and backbone under another profile (an ablation variant)."""
-        return replace(self, p=p)
 
     def fitted(self, name: str, *, p=None, seed: int | None = None, progress: bool | None = None, **kw):
         """The detector `name` fitted on this data set's train rows (threshold from its val rows), cached by

@@ -64,7 +64,7 @@ def train_classifier(examples, labels: np.ndarray, cfg: ClassifierConfig, *, see
                      progress: bool = False, desc: str = "classifier", num_workers: int = 0
                      ) -> tuple[SmallResNet, list[dict]]:
     """Binary cross-entropy training of a SmallResNet with `train.fit` on a data set of (uint8 HWC image, label)
-    examples (e.g. `data.dataset.Labelled`, streamed by `num_workers` workers), drawing both classes equally often
+    examples (e.g. `data.dataset.RowExamples`, streamed by `num_workers` workers), drawing both classes equally often
     (`labels`: the examples' labels, known without reading the images)."""
     from functools import partial
     from ..train import Objective, balanced, fit
@@ -115,8 +115,9 @@ class CNNSpot(Detector):
         return self.cfg
 
     def fit(self, train, *, seed, out_dir, progress=False, val=None, workers=0):
-        from ..data.dataset import Labelled
-        self.net, history = train_classifier(Labelled(train), train.manifest["label"].to_numpy(), self.cfg,
+        from ..data.dataset import RowExamples
+        labels = train.manifest["label"].to_numpy()
+        self.net, history = train_classifier(RowExamples(train, torch.tensor(labels)), labels, self.cfg,
                                              seed=seed, out_dir=out_dir, progress=progress, desc="CNNSpot",
                                              num_workers=workers)
         self.bad_files += skipped_files(history)

@@ -238,19 +238,30 @@ class ArrayDataset(ImageDataset):
         return self.images, self.manifest, []
 
 
-class Labelled(torch.utils.data.Dataset):
-    """A data set's rows as training examples (uint8 image (S, S, 3), label), or {"problem": (path, reason)} for
-    a file that could not be read (`train.fit` reports and skips it)."""
+class RowExamples(torch.utils.data.Dataset):
+    """A data set's rows as training examples for `train.fit`: example v = (uint8 image (S, S, 3) of row `rows[v]`,
+    then each of `columns` at v), or {"problem": (path, reason)} for a file that could not be read (`train.fit`
+    reports and skips it). `rows` (default: every row once) lets an example list repeat or reorder rows."""
 
-    def __init__(self, ds: ImageDataset):
-        self.ds, self.labels = ds, torch.tensor(ds.manifest["label"].to_numpy())
+    def __init__(self, ds: ImageDataset, *columns: torch.Tensor, rows=None):
+        self.ds, self.columns = ds, columns
+        self.rows = np.arange(len(ds)) if rows is None else np.asarray(rows)
 
     def __len__(self) -> int:
-        return len(self.ds)
+        return len(self.rows)
 
-    def __getitem__(self, i: int):
-        item = self.ds[i]
-        return {"problem": item["problem"]} if item["image"] is None else (item["image"], self.labels[i])
+    def __getitem__(self, v: int):
+        item = self.ds[int(self.rows[v])]
+        if item["image"] is None:
+            return {"problem": item["problem"]}
+        return (item["image"], *(c[v] for c in self.columns))
+
+
+def pixels(example: tuple, rng=None, size: int | None = None) -> tuple:
+    """A `RowExamples` example with its image as float pixels (3, S, S) in [-1, 1] (`images.to_tensor`, resized to
+    `size` if given): the `transform` of `train.fit` for models that read pixels (run in the DataLoader workers)."""
+    from .images import to_tensor
+    return (to_tensor(example[0][None].numpy(), size=size)[0], *example[1:])
 
 
 def collate(items: list[dict]) -> Batch:
