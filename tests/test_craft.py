@@ -98,15 +98,75 @@ def test_early_stopping_keeps_the_weights_of_the_best_validation_step(tiny_data,
     m = _model(bench, cfg)
     m.fit_center(x[y == 0])
     history = train(m, x, y, seed=0, progress=False, val=(xv, yv))
+    assert history[0]["step"] == 0 and "craft_loss" not in history[0]   # step 0: the frozen pipeline, a candidate
+    steps_run = sum("craft_loss" in h for h in history)
     checks = [h for h in history if "val_auc" in h]
-    assert [h["step"] for h in checks] == list(range(2, len(history) + 1, 2))
-    best = max(checks, key=lambda h: h["val_auc"])
+    assert [h["step"] for h in checks] == [0, *range(2, steps_run + 1, 2)]
+    best = max(checks, key=lambda h: h["val_auc"])                     # the first of equal ones
     assert checks[-1]["best_step"] == best["step"]
-    assert best["step"] < len(history) < cfg.steps   # stopped early, `patience` checks after the best one
+    assert steps_run < cfg.steps   # stopped early, `patience` checks after the best one
     assert sum(h["step"] > best["step"] for h in checks) == cfg.patience and history[-1]["stop"]
     m.eval()
     restored = roc_auc_score(yv.numpy(), m.score(xv)[0])
     assert restored == pytest.approx(best["val_auc"], abs=1e-6)
+
+
+def test_model_selection_keeps_the_frozen_pipeline_when_no_fine_tuned_check_beats_it(tiny_data, tiny):
+    """With every learning rate 0, no check can beat step 0 (all are equal): the step kept is 0, not the first
+    fine-tuned check (at 8cc9fcb the search started at step 1 from an AUC of -1)."""
+    bench, images, df = tiny_data
+    x, y = split_tensors(images, df, "train")
+    xv, yv = split_tensors(images, df, "val")
+    cfg = replace(tiny.craft, steps=4, eval_every=2, patience=5, lr_cls=0.0, lr_encoder=0.0, lr_unet=0.0,
+                  lr_decoder=0.0)
+    m = _model(bench, cfg)
+    m.fit_center(x[y == 0])
+    history = train(m, x, y, seed=0, progress=False, val=(xv, yv))
+    checks = [h for h in history if "val_auc" in h]
+    assert [h["step"] for h in checks] == [0, 2, 4] and checks[-1]["best_step"] == 0
+    assert len({round(h["val_auc"], 12) for h in checks}) == 1
+
+
+def test_p_fake_ranks_images_exactly_as_their_distance_for_any_classifier_weights():
+    """The distance classifier (eq. 7-8) cannot invert its signal: for any weights, P(fake) increases with d (at
+    8cc9fcb a 1->16->2 MLP started with a negative slope and ranked validation images as 1 - AUC of d)."""
+    from udet_core.craft import DistanceClassifier
+    d = torch.sort(torch.rand(500, generator=torch.Generator().manual_seed(0)) * 0.2 + 1e-4).values
+    for seed in range(20):
+        torch.manual_seed(seed)
+        cls = DistanceClassifier()
+        for q in cls.parameters():
+            q.data.normal_(0.0, 3.0)
+        logits = cls(d)
+        assert (torch.diff(logits[:, 1] - logits[:, 0]) > 0).all(), seed
+
+
+def test_warm_start_on_frozen_distances_keeps_a_positive_slope():
+    """Warm-started on frozen training distances, the classifier separates the classes at its centre; when fakes
+    reconstruct *better* (the premise fails), the slope stays positive (the order stays d's)."""
+    from udet_core.craft import DistanceClassifier
+    g = torch.Generator().manual_seed(0)
+    d_real, d_fake = torch.rand(100, generator=g) * 0.01 + 0.01, torch.rand(100, generator=g) * 0.02 + 0.03
+    y = torch.cat([torch.zeros(100), torch.ones(100)]).long()
+    for d in (torch.cat([d_real, d_fake]), torch.cat([d_fake, d_real])):
+        cls = DistanceClassifier()
+        cls.warm_start(d, y)
+        logit = cls.logit(d)
+        assert torch.nn.functional.softplus(cls.raw_slope) > 0 and torch.isfinite(logit).all()
+        assert (torch.diff(cls.logit(torch.sort(d).values)) > 0).all()
+    cls = DistanceClassifier()
+    cls.warm_start(torch.cat([d_real, d_fake]), y)
+    acc = ((cls.logit(torch.cat([d_real, d_fake])) > 0).long() == y).float().mean()
+    assert acc > 0.95
+
+
+def test_signal_audit_flags_a_score_that_ranks_against_its_distance():
+    from udet_core.craft import signal_audit
+    y = np.r_[np.zeros(50), np.ones(50)]
+    d = np.r_[np.linspace(0.01, 0.02, 50), np.linspace(0.015, 0.03, 50)]
+    assert not signal_audit(y, d * 10, d)["inverted"]
+    flagged = signal_audit(y, -d, d)
+    assert flagged["inverted"] and flagged["auc"] == pytest.approx(1 - flagged["auc_d"])
 
 
 def test_only_the_suffix_trains_and_the_base_stays_frozen(tiny_data, tiny):
@@ -140,7 +200,7 @@ def test_premise_check_reports_the_centre_distance_and_the_frozen_distance(tiny_
     from sklearn.metrics import roc_auc_score
     bench, images, df = tiny_data
     assert np.array_equal(tiny_wb.images, images)          # the workbench holds the same udet-mini rows
-    table = premise_check(tiny_wb).set_index(["score", "family"])
+    table = premise_check(tiny_wb).drop(columns="distance").set_index(["score", "family"])
     x_train, y_train = split_tensors(images, df, "train")
     x, y = split_tensors(images, df, "test")
     y = y.numpy()
@@ -217,10 +277,26 @@ def test_streamed_craft_training_follows_the_in_memory_fit(tiny_run, tiny, tmp_p
     streamed = fit_detector(CraftDetector(tiny, run_dir), train, val, seed=0, out=tmp_path / "s", workers=2)
     memory = fit_detector(CraftDetector(tiny, run_dir), ArrayDataset(images, rows), val, seed=0, out=tmp_path / "m")
     torch.testing.assert_close(streamed.model.mu, memory.model.mu, atol=1e-5, rtol=0)
-    losses = [[h["craft_loss"] for h in d.history] for d in (streamed, memory)]
+    losses = [[h["craft_loss"] for h in d.history if "craft_loss" in h] for d in (streamed, memory)]
     assert len(losses[0]) == len(losses[1]) > 0
     np.testing.assert_allclose(*losses, atol=1e-4, rtol=0)
     np.testing.assert_allclose(streamed.score(images[:8]), memory.score(images[:8]), atol=1e-4, rtol=0)
+
+
+def test_a_fitted_craft_detector_ranks_test_images_exactly_as_their_distance(tiny_checkpoint, tiny_data):
+    """The detector of `train craft`: P(fake) orders the test images as d does (AUC equal: the classifier is strictly
+    increasing in d and evaluated in float64), and its history audits every check from step 0, none inverted."""
+    from sklearn.metrics import roc_auc_score
+    from udet_core.detectors import load_detector
+    bench, images, df = tiny_data
+    det = load_detector(tiny_checkpoint)
+    x, y = split_tensors(images, df, "test")
+    p, d = det.model.score(x)
+    assert np.array_equal(np.argsort(p, kind="stable"), np.argsort(d, kind="stable"))
+    assert roc_auc_score(y, p) == roc_auc_score(y, d)
+    checks = [h for h in json.loads((tiny_checkpoint / "craft.json").read_text())["history"] if "val_auc" in h]
+    assert checks[0]["step"] == 0 and not any(h["val_inverted"] or h["train_inverted"] for h in checks)
+    assert all(h["val_auc"] == h["val_auc_d"] and h["train_auc"] == h["train_auc_d"] for h in checks)
 
 
 def test_checkpoint_records_threshold_from_validation(tiny_checkpoint):
@@ -287,7 +363,7 @@ def test_two_processes_match_one_process(tiny_run, tiny_checkpoint):
     h1 = json.loads((tiny_checkpoint / "craft.json").read_text())["history"]
     h2 = json.loads((two / "craft.json").read_text())["history"]
     assert len(h1) == len(h2)
-    assert np.allclose([h["craft_loss"] for h in h1], [h["craft_loss"] for h in h2], atol=1e-4, rtol=0)
+    assert np.allclose([h["craft_loss"] for h in h1 if "craft_loss" in h], [h["craft_loss"] for h in h2 if "craft_loss" in h], atol=1e-4, rtol=0)
 
 
 # ------------------------------------------------------------------ cache keys: content, not paths or names
@@ -362,11 +438,13 @@ def test_craft_cache_key_covers_every_benchmark_config(tiny_run, tiny, tiny_data
     assert len(set(paths)) == len(paths)
 
 
-def test_the_backbone_is_chosen_on_the_validation_split_only():
+def test_the_backbone_and_distance_are_chosen_on_the_validation_split_only():
     import pandas as pd
-    from udet_core.craft import choose_backbone
-    rows = [("a", "val", 0.8), ("a", "test", 0.2), ("b", "val", 0.6), ("b", "test", 0.9)]
-    premise = pd.DataFrame([{"backbone": b, "split": s, "family": "all fakes", "score": "d (frozen, perturbed)", "AUC": auc}
-                            for b, s, auc in rows] + [{"backbone": "b", "split": "val", "family": "all fakes",
-                                                      "score": "||z_T - mu_real||", "AUC": 0.99}])
-    assert choose_backbone(premise) == "a"
+    from udet_core.craft import choose_pipeline
+    rows = [("a", "mse", "val", 0.8), ("a", "mse", "test", 0.2), ("b", "mse", "val", 0.6), ("b", "mse", "test", 0.9),
+            ("a", "lpips", "val", 0.7), ("a", "lpips", "test", 0.95)]
+    premise = pd.DataFrame([{"backbone": b, "distance": d, "split": s, "family": "all fakes",
+                             "score": "d (frozen, perturbed)", "AUC": auc} for b, d, s, auc in rows]
+                           + [{"backbone": "b", "distance": None, "split": "val", "family": "all fakes",
+                               "score": "||z_T - mu_real||", "AUC": 0.99}])
+    assert choose_pipeline(premise) == {"backbone": "a", "distance": "mse", "val_AUC": 0.8}

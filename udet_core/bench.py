@@ -99,7 +99,7 @@ def craft_distance(wb, names=("mse", "lpips-vgg", "vae-features"), steps: int = 
         rows.append({"distance": distance_label(model.distance), "train_s": round(wall, 1), "steps": steps,
                      "val_AUC": round(roc_auc_score(yn, s), 3), "val_AUC_of_raw_distance": round(roc_auc_score(yn, d), 3),
                      "median_d_real": float(np.median(d[yn == 0])), "median_d_fake": float(np.median(d[yn == 1])),
-                     "final_loss": round(float(np.mean([h["craft_loss"] for h in hist[-10:]])), 3)})
+                     "final_loss": round(float(np.mean([h["craft_loss"] for h in hist if "craft_loss" in h][-10:])), 3)})
     return rows
 
 

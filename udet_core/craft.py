@@ -52,14 +52,40 @@ def perturb_latent(z: torch.Tensor, mu: torch.Tensor, lam: float, tau: float, ep
 
 
 class DistanceClassifier(nn.Module):
-    """f_cls (eq. 7-8): an MLP from the scalar distance to 2 logits (log-distance input for scale invariance)."""
+    """f_cls (eq. 7-8) on the scalar distance, monotone by construction: logit = softplus(a) (log d - b), 2 logits.
 
-    def __init__(self, hidden: int = 16):
+    The paper's f_cls is "a simple discriminator (e.g. an MLP)" on d, trained with the backbone to tell reals (small d)
+    from fakes (large d). An MLP on one scalar is free to rank in either direction; a 1->16->2 MLP started with a
+    negative slope in d and ranked the validation images exactly inversely (AUC of P(fake) = 1 - AUC of d; issue #24),
+    while its cross-entropy pushed fakes' d down through the backbone, against L_CR. Restricting f_cls to the paper's
+    hypothesis (P(fake) rises with d; softplus keeps the slope positive) makes P(fake) rank images exactly as d does,
+    so the classifier calibrates d and its gradient agrees with L_CR. Log d: scale invariance across distances.
+    `warm_start` fits (a, b) to the frozen pipeline's distances before fine-tuning (step 0 is then a usable detector).
+    """
+
+    def __init__(self):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+        self.raw_slope = nn.Parameter(torch.tensor(math.log(math.e - 1.0)))   # softplus^-1(1): slope 1 in log d
+        self.centre = nn.Parameter(torch.tensor(0.0))
+
+    def logit(self, d: torch.Tensor) -> torch.Tensor:
+        """log P(fake)/P(real) per image (N,): increasing in d."""
+        return nn.functional.softplus(self.raw_slope) * (torch.log(d.clamp_min(1e-12)) - self.centre)
 
     def forward(self, d):
-        return self.net(torch.log(d.clamp_min(1e-8))[:, None])
+        logit = self.logit(d)                                         # (N,)
+        return torch.stack([torch.zeros_like(logit), logit], dim=-1)  # (N, 2): [real, fake] logits for eq. 8
+
+    @torch.no_grad()
+    def warm_start(self, d: torch.Tensor, y: torch.Tensor) -> None:
+        """Class-balanced linear discriminant on log d: the centre halfway between the classes' mean log d, the slope
+        (mean gap / pooled variance) when fakes reconstruct worse, else a flat 1 (the order stays d's)."""
+        ld = torch.log(d.double().clamp_min(1e-12))
+        m0, m1 = ld[y == 0].mean(), ld[y == 1].mean()
+        var = 0.5 * (ld[y == 0].var() + ld[y == 1].var()) + 1e-6
+        slope = float((m1 - m0) / var) if m1 > m0 else 1.0
+        self.centre.fill_(float(0.5 * (m0 + m1)))
+        self.raw_slope.fill_(slope + math.log(-math.expm1(-slope)))   # softplus^-1(slope)
 
 
 class Suffix(nn.Module):
@@ -109,6 +135,7 @@ class Craft:
         self.cls = DistanceClassifier()
         self.distance = make_distance(cfg.distance, base.vae)
         self.mu, self.mu_fast = mu, None
+        self.d_ref: float | None = None   # median frozen distance of the training reals (`start_from_frozen`)
         self.threshold = self.threshold_fast = 0.5
         self.base_path, self._backbone_key = None, None
 
@@ -184,13 +211,37 @@ class Craft:
         return self.mu
 
     # -- training objective
+    def margins(self) -> tuple[float, float]:
+        """(m, delta) of eq. 6 in units of d: the config's values, times the median frozen distance of the training
+        reals when `cfg.margin_unit == "real-median"` (margins set from the measured scale of d, not constants)."""
+        c = self.cfg
+        if c.margin_unit == "absolute":
+            return c.m, c.delta
+        if self.d_ref is None:
+            raise RuntimeError("relative CR margins need the frozen distances: call start_from_frozen() first")
+        return c.m * self.d_ref, c.delta * self.d_ref
+
+    @torch.no_grad()
+    def frozen_distances(self, x: torch.Tensor, z: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """d(x, x_hat) of the suffix as it is now (before fine-tuning: the frozen pipeline's), from cached z_k."""
+        return torch.cat([self.distance(xb, self.suffix(zb, xb)) for xb, zb in
+                          zip(x.split(batch_size), z.split(batch_size))])
+
+    @torch.no_grad()
+    def start_from_frozen(self, d: torch.Tensor, y: torch.Tensor) -> None:
+        """Before fine-tuning, from the frozen pipeline's distances of the training rows: the margins' unit d_ref
+        (the reals' median d) and the classifier's warm start."""
+        self.d_ref = float(d[y == 0].median())
+        self.cls.warm_start(d, y)
+
     def loss(self, mods: dict, x: torch.Tensor, z_k: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """L_total (eq. 9) with L_CR (eq. 6), or the L1/L2 reconstruction losses of Table 2."""
         x_hat = mods.get("suffix", self.suffix)(z_k, x)
         d = self.distance(x, x_hat)
         c = self.cfg
         if c.loss == "cr":
-            l_rec = craft_cr_loss(d, y, c.m, c.delta, c.gamma)
+            m, delta = self.margins()
+            l_rec = craft_cr_loss(d, y, m, delta, c.gamma)
         elif c.loss in ("l1", "l2"):
             diff = (x - x_hat).abs() if c.loss == "l1" else (x - x_hat) ** 2
             l_rec = craft_recon_loss(diff.flatten(1).mean(1))
@@ -214,7 +265,7 @@ class Craft:
         for b, zb in zip(tqdm(x.split(batch_size), desc="CRAFT score", disable=not progress), zs):
             x_hat = self.reconstruct(b, fast) if zb is None else self.suffix(zb, b)
             d = self.distance(b, x_hat)
-            probs.append(self.cls(d).softmax(-1)[:, 1])
+            probs.append(self.cls.logit(d.double()).sigmoid())   # float64: no ties where float32 would round
             dists.append(d)
         return torch.cat(probs).numpy(), torch.cat(dists).numpy()
 
@@ -246,7 +297,8 @@ class Craft:
             tensors.update(mu_real=self.mu.contiguous(), mu_real_fast=self.mu_fast.contiguous())
         save_file(tensors, str(folder / "craft.safetensors"))
         meta = {"config": asdict(self.cfg), "threshold": self.threshold, "base": str(self.base_path),
-                "base_key": self.backbone_key, "distance": distance_label(self.distance), **(extra or {})}
+                "base_key": self.backbone_key, "distance": distance_label(self.distance), "d_ref": self.d_ref,
+                **(extra or {})}
         atomic_write_json(folder / "craft.json", meta)
         return folder
 
@@ -274,7 +326,7 @@ class Craft:
                                    strict=name != "vae")   # of the VAE only its decoder side was saved
         model.cls.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("cls.")})
         model.mu, model.mu_fast = t.get("mu_real"), t.get("mu_real_fast")
-        model.threshold = meta["threshold"]
+        model.threshold, model.d_ref = meta["threshold"], meta.get("d_ref")
         model.threshold_fast = meta.get("threshold_fast", meta["threshold"])
         return model.eval()
 
@@ -318,54 +370,94 @@ def prefix_key(model: Craft, fast: bool = False) -> dict:
             "tau_scale": c.tau_scale if c.perturb else None, "mu": None if mu is None else array_key(mu)}
 
 
-class EarlyStopping:
-    """Validation AUC of P(fake) every `cfg.eval_every` steps; keeps the best weights and stops after `cfg.patience`
-    checks without improvement. `restore()` loads the best weights (the step chosen is `best_step`)."""
+def signal_audit(y: np.ndarray, p_fake: np.ndarray, d: np.ndarray) -> dict:
+    """A learned score beside the raw signal it is built on: AUC of P(fake) and AUC of d, the classes' mean d, and
+    `inverted` when the classifier ranks against its signal (AUC(P) ~ 1 - AUC(d) while d separates the classes)."""
+    from sklearn.metrics import roc_auc_score
+    auc_p, auc_d = float(roc_auc_score(y, p_fake)), float(roc_auc_score(y, d))
+    return {"auc": auc_p, "auc_d": auc_d, "d_real": float(d[y == 0].mean()), "d_fake": float(d[y == 1].mean()),
+            "inverted": bool(abs(auc_d - 0.5) > 0.05 and abs(auc_p - (1 - auc_d)) < abs(auc_p - auc_d))}
 
-    def __init__(self, model: Craft, x_val: torch.Tensor, y_val: torch.Tensor, cache_dir=None):
+
+def signal_columns(y: np.ndarray, p_fake: np.ndarray, d: np.ndarray) -> dict:
+    """`signal_audit` as table columns beside a summary of P(fake): AUC of d, the classes' mean d, `inverted`."""
+    a = signal_audit(y, p_fake, d)
+    return {"AUC_of_d": a["auc_d"], "mean_d_real": a["d_real"], "mean_d_fake": a["d_fake"], "inverted": a["inverted"]}
+
+
+class EarlyStopping:
+    """Model selection on the validation split, from step 0 (the frozen, perturbed pipeline with the warm-started
+    classifier) on: every `cfg.eval_every` steps the signal audit (`signal_audit`) of the validation split and of a
+    fixed class-balanced training subset; keeps the weights of the best validation AUC of P(fake) (step 0 unless a
+    fine-tuned check beats it) and stops after `cfg.patience` checks without improvement. `restore()` loads them."""
+
+    def __init__(self, model: Craft, x_val: torch.Tensor, y_val: torch.Tensor, cache_dir=None, train_probe=None):
         self.model, self.y = model, y_val.numpy()
         self.x, self.z = x_val, prefix_cache(model, x_val, model.cfg.eval_batch_size, cache_dir=cache_dir)
-        self.best_auc, self.best_step, self.best, self.bad = -1.0, 0, None, 0
+        self.probe = train_probe   # (x, z_k, y) of the training subset the learning curve is also drawn on
+        self.best_auc, self.best_step, self.best, self.bad = -math.inf, 0, None, 0
 
-    def __call__(self, step: int, mods: dict) -> dict | None:
-        from sklearn.metrics import roc_auc_score
-        c = self.model.cfg
-        if step % c.eval_every and step != c.steps:
-            return None
+    def audit(self) -> dict:
+        """`signal_audit` of the validation split (`val_*`) and of the training subset (`train_*`), as the model is."""
+        c, row = self.model.cfg, {}
         self.model.eval()
-        auc = float(roc_auc_score(self.y, self.model.score(self.x, batch_size=c.eval_batch_size, z=self.z)[0]))
+        sets = {"val": (self.x, self.z, self.y)}
+        if self.probe is not None:
+            sets["train"] = (self.probe[0], self.probe[1], self.probe[2].numpy())
+        for name, (x, z, y) in sets.items():
+            p_fake, d = self.model.score(x, batch_size=c.eval_batch_size, z=z)
+            row.update({f"{name}_{k}": v for k, v in signal_audit(y, p_fake, d).items()})
         self.model.suffix.train(), self.model.cls.train()
-        if auc > self.best_auc:
-            self.best_auc, self.best_step, self.bad = auc, step, 0
+        return row
+
+    def __call__(self, step: int, mods: dict | None = None) -> dict | None:
+        c = self.model.cfg
+        if step and step % c.eval_every and step != c.steps:
+            return None
+        row = self.audit()
+        if row["val_auc"] > self.best_auc:   # ties keep the earlier step (step 0: the frozen pipeline)
+            self.best_auc, self.best_step, self.bad = row["val_auc"], step, 0
             self.best = {k: {n: q.detach().clone() for n, q in m.named_parameters() if q.requires_grad}
                          for k, m in self.model.trainable().items()}
         else:
             self.bad += 1
-        return {"val_auc": auc, "best_step": self.best_step, "stop": self.bad >= c.patience}
+        return {**row, "best_step": self.best_step, "stop": self.bad >= c.patience}
 
     def restore(self) -> None:
         for k, m in self.model.trainable().items():
             m.load_state_dict(self.best[k], strict=False)   # only the trained parameters were kept
 
 
+TRAIN_PROBE_PER_CLASS = 32   # training images per class on which the learning curve is drawn beside validation
+
+
+def train_probe(x: torch.Tensor, z: torch.Tensor, y: torch.Tensor):
+    """A fixed class-balanced subset (x, z_k, y) of the training rows (the first of each class), for the curve."""
+    keep = torch.cat([torch.nonzero(y == c).flatten()[:TRAIN_PROBE_PER_CLASS] for c in (0, 1)])
+    return x[keep], z[keep], y[keep]
+
+
 def train(model: Craft, x: torch.Tensor, y: torch.Tensor, *, seed: int, out_dir=None, cache: bool = True,
           cache_dir=None, progress: bool = True, accelerator=None, val=None) -> list[dict]:
     """Fine-tune the suffix and the classifier with `udet_core.train.fit` (accelerate, checkpoints, resume).
 
-    With `cache=False` the frozen prefix is recomputed for every batch (the slow path the cache replaces).
-    With `cache_dir`, the prefix cache is read from / written to a file there (`prefix_cache`).
-    With `val` = (x, y) and `cfg.eval_every`, training stops early on the validation AUC and keeps the best step
-    (paper: fine-tuned until convergence; a resumed run restarts the search from the checkpoint's step).
+    Before the first step, the frozen pipeline's distances of the training rows set the CR margins' unit and the
+    classifier's warm start (`Craft.start_from_frozen`). With `cache=False` the frozen prefix is recomputed for
+    every batch (the slow path the cache replaces). With `cache_dir`, the prefix cache is read from / written to a
+    file there (`prefix_cache`). With `val` = (x, y) and `cfg.eval_every`, training is selected on the validation
+    AUC from step 0 on (`EarlyStopping`; a resumed run restarts the search from the checkpoint's step).
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
     from .train import balanced
     acc = accelerator or Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    z = prefix_cache(model, x, model.cfg.eval_batch_size, progress=progress and acc.is_local_main_process,
+                     cache_dir=cache_dir)
+    model.start_from_frozen(model.frozen_distances(x, z, model.cfg.eval_batch_size), y)
+    probe = train_probe(x, z, y)
     keep = balanced(y)
-    x, y = x[keep], y[keep]
+    x, y, z = x[keep], y[keep], z[keep]
     if cache:
-        z = prefix_cache(model, x, model.cfg.eval_batch_size, progress=progress and acc.is_local_main_process,
-                         cache_dir=cache_dir)
         data = (x, z, y)
 
         def loss(mods, batch):
@@ -377,22 +469,25 @@ def train(model: Craft, x: torch.Tensor, y: torch.Tensor, *, seed: int, out_dir=
             return model.loss(mods, batch[0], model.prefix(batch[0]), batch[1])
 
     return fine_tune(model, data, loss, seed=seed, out_dir=out_dir, progress=progress, accelerator=acc, val=val,
-                     cache_dir=cache_dir)
+                     cache_dir=cache_dir, probe=probe)
 
 
 def fine_tune(model: Craft, data, loss, *, seed: int, out_dir, progress: bool, accelerator, val, cache_dir,
-              rows=None, transform=None, workers: int = 0) -> list[dict]:
+              rows=None, transform=None, workers: int = 0, probe=None) -> list[dict]:
     """The fine-tuning loop of the suffix and the classifier (`train.fit`) on `data` (tensors or a data set of
-    examples `loss` reads), early-stopped on `val` = (x, y) and restored to its best check."""
+    examples `loss` reads), selected on `val` = (x, y) from step 0 on and restored to its best check. The history
+    starts with the step-0 check (the frozen pipeline; no loss) when there is a validation split."""
     from .train import Objective, fit
-    stopper = EarlyStopping(model, *val, cache_dir=cache_dir) if val is not None and model.cfg.eval_every else None
+    stopper = EarlyStopping(model, *val, cache_dir=cache_dir, train_probe=probe) \
+        if val is not None and model.cfg.eval_every else None
+    start = [{"step": 0, **stopper(0)}] if stopper is not None else []   # before fit: the frozen weights
     history = fit(model.trainable(), [Objective("craft_loss", loss, model.param_groups(), lr=model.cfg.lr_cls)], data,
                   steps=model.cfg.steps, batch_size=model.cfg.batch_size, seed=seed, out_dir=out_dir,
                   checkpoint_every=max(25, model.cfg.steps // 4), desc="CRAFT fine-tune", progress=progress,
                   accelerator=accelerator, after_step=stopper, rows=rows, transform=transform, num_workers=workers)
     if stopper is not None and stopper.best is not None:
         stopper.restore()
-    return history
+    return start + history
 
 
 def fit_craft_streamed(model: Craft, train, *, seed: int, out_dir, cache_dir, progress: bool = True,
@@ -424,20 +519,44 @@ def fit_craft_streamed(model: Craft, train, *, seed: int, out_dir, cache_dir, pr
     if not n_real:
         raise ValueError("no real training image could be read: CRAFT's real centre needs some")
     model.mu, model.mu_fast = sums["mu"] / n_real, sums["mu_fast"] / n_real   # mean_center (eq. 2), batch by batch
-    z, ok = None, torch.zeros(len(train), dtype=torch.bool)
+    z, ok, d = None, torch.zeros(len(train), dtype=torch.bool), torch.zeros(len(train))
+    in_probe = set(torch.cat([torch.nonzero(labels == k).flatten()[:TRAIN_PROBE_PER_CLASS] for k in (0, 1)]).tolist())
+    probe = {}
     for b in tqdm(train.loader(c.eval_batch_size, workers), desc="frozen-prefix cache", disable=not show):
         problems += b.problems
         if len(b.index):
-            zb = prefix_cache(model, to_tensor(b.images.numpy()), c.eval_batch_size, cache_dir=cache_dir)
+            xb = to_tensor(b.images.numpy())
+            zb = prefix_cache(model, xb, c.eval_batch_size, cache_dir=cache_dir)
             z = torch.zeros((len(train), *zb.shape[1:])) if z is None else z
             z[b.index], ok[b.index] = zb, True
+            d[b.index] = model.frozen_distances(xb, zb, c.eval_batch_size)
+            probe.update({i: (xb[j], zb[j]) for j, i in enumerate(b.index.tolist()) if i in in_probe})
     rows = torch.nonzero(ok).flatten()
+    model.start_from_frozen(d[rows], labels[rows])
+    order = sorted(probe, key=lambda i: (int(labels[i]), i))
+    probe = (torch.stack([probe[i][0] for i in order]), torch.stack([probe[i][1] for i in order]), labels[order])
     rows = rows[balanced(labels[rows])].numpy()
     val_t = None if val is None else (to_tensor(val[0]), torch.tensor(np.asarray(val[1])))
     history = fine_tune(model, RowExamples(train, z, labels), lambda mods, batch: model.loss(mods, *batch),
                         seed=seed, out_dir=out_dir, progress=progress, accelerator=acc, val=val_t,
-                        cache_dir=cache_dir, rows=rows, transform=pixels, workers=workers)
+                        cache_dir=cache_dir, rows=rows, transform=pixels, workers=workers, probe=probe)
     return history, sorted(set(problems))
+
+
+def selection_info(history: list[dict]) -> dict:
+    """What fine-tuning ran and which step model selection kept (0: the frozen pipeline), with the signal audit of
+    the kept step (validation AUC of P(fake) beside the AUC of d) and of step 0."""
+    steps = [h for h in history if "craft_loss" in h]
+    checks = [h for h in history if "val_auc" in h]
+    info = {"final_loss": steps[-1]["craft_loss"] if steps else None, "steps_run": len(steps),
+            "chosen_step": checks[-1]["best_step"] if checks else len(steps)}
+    kept = next((h for h in checks if h["step"] == info["chosen_step"]), None)
+    for name, h in (("chosen", kept), ("step0", checks[0] if checks and checks[0]["step"] == 0 else None)):
+        if h is not None:
+            info.update({f"{name}_{k}": h[k] for k in ("val_auc", "val_auc_d", "val_d_real", "val_d_fake",
+                                                       "val_inverted")})
+    info["best_val_auc"] = info.get("chosen_val_auc")
+    return info
 
 
 # ------------------------------------------------------------------ experiment and detection
@@ -535,11 +654,15 @@ def latent_center_distance(model: Craft, x: torch.Tensor, batch_size: int = 64) 
     return np.concatenate([(model.invert(b) - model.mu).flatten(1).norm(dim=1).numpy() for b in x.split(batch_size)])
 
 
-def premise_check(wb, backbone=None, split: str = "test"):
+DISTANCE_CANDIDATES = ("mse", "lpips-vgg")   # d(x, x_hat) candidates chosen between on the validation split
+
+
+def premise_check(wb, backbone=None, split: str = "test", distances=None):
     """CRAFT's premise on the workbench's data set, before any fine-tuning: for the split's reals against each of its
     families (and all fakes), the mean and AUC of ||z_T - mu_real|| (§3.2) and of the frozen pipeline's distance
-    d(x, x_hat) after the perturbation (Table 2's 'perturbation only' row). Long table, one row per score x family.
-    `backbone`: an SD Image Variation folder (default: the workbench's detector backbone)."""
+    d(x, x_hat) after the perturbation (Table 2's 'perturbation only' row), for each distance in `distances`
+    (default: the profile's). Long table, one row per score x distance x family. `backbone`: an SD Image Variation
+    folder (default: the workbench's detector backbone)."""
     import pandas as pd
     from sklearn.metrics import roc_auc_score
     from .metrics import per_family_table
@@ -552,36 +675,40 @@ def premise_check(wb, backbone=None, split: str = "test"):
     y = y.numpy()
     test = df[(df["split"] == split).to_numpy()].reset_index(drop=True)
     z = prefix_cache(model, x, cfg.eval_batch_size, cache_dir=cache_dir(run_dir))
-    scores = {"||z_T - mu_real||": latent_center_distance(model, x, cfg.eval_batch_size),
-              "d (frozen, perturbed)": model.score(x, batch_size=cfg.eval_batch_size, z=z)[1]}
+    scores = {("||z_T - mu_real||", None): latent_center_distance(model, x, cfg.eval_batch_size)}
+    for name in distances or (cfg.distance,):
+        model.distance = make_distance(name, model.base.vae)
+        scores["d (frozen, perturbed)", distance_label(model.distance)] = \
+            model.score(x, batch_size=cfg.eval_batch_size, z=z)[1]
     rows = []
-    for name, s in scores.items():
+    for (name, dist), s in scores.items():
         fam = per_family_table(test, s, split=split)
         fam["mean_fake"] = fam["family"].map(pd.Series(s).groupby(test["family"]).mean())
         every = {"family": "all fakes", "role": "all", "n_real": int((y == 0).sum()), "n_fake": int(y.sum()),
                  "AUC": roc_auc_score(y, s), "mean_fake": s[y == 1].mean()}
         rows.append(pd.concat([fam, pd.DataFrame([every])], ignore_index=True)
-                    .assign(score=name, mean_real=s[y == 0].mean()))
-    cols = ["score", "family", "role", "n_real", "n_fake", "mean_real", "mean_fake", "AUC"]
+                    .assign(score=name, distance=dist, mean_real=s[y == 0].mean()))
+    cols = ["score", "distance", "family", "role", "n_real", "n_fake", "mean_real", "mean_fake", "AUC"]
     return pd.concat(rows, ignore_index=True)[cols]
 
 
-def premise_by_backbone(wb):
-    """`premise_check` for every candidate backbone on the validation and the test split, one long table with
-    `backbone` and `split` columns: the workbench's backbone if it names one, else the profile's stand-ins
-    (`benchmark.candidate_backbones`)."""
+def premise_by_backbone(wb, distances=DISTANCE_CANDIDATES):
+    """`premise_check` for every candidate backbone and distance on the validation and the test split, one long
+    table with `backbone` and `split` columns: the workbench's backbone if it names one, else the profile's
+    stand-ins (`benchmark.candidate_backbones`)."""
     import pandas as pd
     from .benchmark import candidate_backbones
     candidates = {Path(wb.backbone).name: wb.backbone} if wb.backbone else candidate_backbones(wb.p, wb.run_dir)
-    return pd.concat([premise_check(wb, path, split).assign(backbone=name, split=split)
+    return pd.concat([premise_check(wb, path, split, distances).assign(backbone=name, split=split)
                       for name, path in candidates.items() for split in ("val", "test")], ignore_index=True)
 
 
-def choose_backbone(premise) -> str:
-    """The backbone whose frozen, perturbed reconstruction distance separates reals from all fakes best on the
-    validation split (AUC; the test split is never used to choose)."""
+def choose_pipeline(premise) -> dict:
+    """The backbone and distance whose frozen, perturbed reconstruction distance separates reals from all fakes best
+    on the validation split (AUC; the test split is never used to choose): {"backbone", "distance", "val_AUC"}."""
     v = premise[(premise.split == "val") & (premise.family == "all fakes") & (premise.score == "d (frozen, perturbed)")]
-    return str(v.set_index("backbone")["AUC"].idxmax())
+    best = v.loc[v["AUC"].idxmax()]
+    return {"backbone": str(best.backbone), "distance": str(best.distance), "val_AUC": float(best.AUC)}
 
 
 @torch.no_grad()
@@ -682,18 +809,22 @@ class CraftDetector(Detector):
             problems += bad
         self.bad_files += [{"path": str(path), "problem": why} for path, why in problems]
         self.model.eval()
-        checks = [h for h in self.history if "val_auc" in h]
-        return {"final_loss": self.history[-1]["craft_loss"] if self.history else None,
-                "steps_run": len(self.history), "chosen_step": checks[-1]["best_step"] if checks else len(self.history),
-                "best_val_auc": max((h["val_auc"] for h in checks), default=None)}
+        info = selection_info(self.history)
+        self.chosen_step = info["chosen_step"]
+        return info
 
-    def _scores(self, images, fast=False, progress=False):
-        """P(fake); the frozen prefix of these images is cached (shared by seeds and by variants that agree on it)."""
+    def _scores(self, images, fast=False, progress=False, which: int = 0):
+        """P(fake) (`which` 1: the distance d); the frozen prefix of these images is cached (shared by seeds and by
+        variants that agree on it)."""
         from .data.images import to_tensor
         x = to_tensor(images)   # at the input size the data set's resolution policy gave them
         z = prefix_cache(self.model, x, self.cfg.eval_batch_size, fast, progress,
                          cache_dir=cache_dir(self.run_dir) if self.use_cache else None)
-        return self.model.score(x, fast, self.cfg.eval_batch_size, progress, z=z)[0]
+        return self.model.score(x, fast, self.cfg.eval_batch_size, progress, z=z)[which]
+
+    def raw_signal(self, images, *, progress=False):
+        """The reconstruction distance d that P(fake) is a monotone function of (`DistanceClassifier`)."""
+        return self._scores(images, fast=self.fast, progress=progress, which=1)
 
     def score(self, images, *, progress=False):
         """P(fake) of full-mode CRAFT (with `fast`: CRAFT-fast, a different detector with its own threshold)."""
@@ -713,7 +844,10 @@ class CraftDetector(Detector):
 
     @classmethod
     def load(cls, folder, p, run_dir):
+        import json
         det = cls(p, run_dir)
         det.model = Craft.load(folder)
         det.cfg, det.threshold_fast = det.model.cfg, det.model.threshold_fast
+        det.history = json.loads((Path(folder) / "craft.json").read_text()).get("history", [])
+        det.chosen_step = selection_info(det.history)["chosen_step"]
         return det

@@ -76,6 +76,11 @@ class Detector:
     def score(self, images: np.ndarray, *, progress: bool = False) -> np.ndarray:
         raise NotImplementedError
 
+    def raw_signal(self, images: np.ndarray, *, progress: bool = False) -> np.ndarray | None:
+        """The raw signal a learned score is built on (CRAFT: the reconstruction distance d under its P(fake)), to
+        be shown beside it; None when the score is the signal itself or has none."""
+        return None
+
     def calibrate(self, val, *, progress: bool = False, workers: int = 0) -> None:
         """Set the decision threshold from the validation data set `val` (never the test split)."""
         s, labels = self.validation_scores(val, progress=progress, workers=workers)
@@ -133,13 +138,17 @@ def rows_key(df: pd.DataFrame, images: np.ndarray) -> str:
     return hashlib.sha256(array_key(images).encode() + table).hexdigest()[:10]
 
 
-def cached_scores(det: Detector, images: np.ndarray, progress: bool = False) -> np.ndarray:
-    """`det.score(images)`, kept in the fitted detector's artifact folder under a hash of the images, so an
-    interrupted or repeated evaluation never scores the same images with the same detector twice."""
-    path = Path(det.folder) / "scores" / f"{array_key(images)}.npy"
+def cached_scores(det: Detector, images: np.ndarray, progress: bool = False, raw: bool = False) -> np.ndarray | None:
+    """`det.score(images)` (with `raw`: `det.raw_signal(images)`, None if it has none), kept in the fitted
+    detector's artifact folder under a hash of the images, so an interrupted or repeated evaluation never scores the
+    same images with the same detector twice."""
+    path = Path(det.folder) / "scores" / f"{array_key(images)}{'-raw' if raw else ''}.npy"
     if path.is_file():
         return np.load(path)
-    s = np.asarray(det.score(images, progress=progress), dtype=float)
+    s = det.raw_signal(images, progress=progress) if raw else det.score(images, progress=progress)
+    if s is None:
+        return None
+    s = np.asarray(s, dtype=float)
     buf = io.BytesIO()
     np.save(buf, s)
     atomic_write_bytes(path, buf.getvalue())

@@ -50,21 +50,45 @@ def comparison(wb, detectors=None, seeds=None, cost_images: int = 128):
         for seed in tqdm(seeds, desc=f"{name} seeds", disable=not progress):
             det = wb.fitted(name, seed=seed)
             fit_s.append(det.fit_s)
-            s = cached_scores(det, x_test, progress)
+            s, raw = cached_scores(det, x_test, progress), cached_scores(det, x_test, progress, raw=True)
             for subset, m in summary_subsets(test).items():
-                rows.append({"detector": name, "seed": seed, "subset": subset, **summary(y_test[m], s[m], det.threshold)})
+                rows.append({"detector": name, "seed": seed, "subset": subset, **summary(y_test[m], s[m], det.threshold),
+                             "AUC_raw": raw_auc(y_test[m], raw, m)})
             fam = per_family_table(test, s, threshold=det.threshold)
             fam_rows.append(fam.assign(detector=name, seed=seed))
         cost = scoring_cost(det, x_test[:cost_images])
         costs.append({"detector": name, "fit_s": float(np.mean(fit_s)), **cost})
     long = pd.DataFrame(rows)
     family_long = pd.concat(fam_rows, ignore_index=True)
-    summ = mean_std_table(long, ["detector", "subset"], METRICS)
+    summ = mean_std_table(long, ["detector", "subset"], METRICS + ["AUC_raw"])
     cost = pd.DataFrame(costs).round({"fit_s": 1, "images_per_s": 1, "peak_rss_mb": 0, "scoring_extra_mb": 0})
     summ = summ.merge(cost, on="detector")
     fam_metrics = ["AP", "AUC", "TPR@5%FPR", "fake_acc", "real_acc"]
     per_family = mean_std_table(family_long, ["detector", "role", "family"], fam_metrics)
     return summ, per_family, long, family_long
+
+
+def raw_auc(y: np.ndarray, raw: np.ndarray | None, mask) -> float:
+    """AUC of a detector's raw signal (`Detector.raw_signal`, e.g. CRAFT's d) on the rows `mask`; NaN without one."""
+    from sklearn.metrics import roc_auc_score
+    return float("nan") if raw is None else float(roc_auc_score(y, raw[mask]))
+
+
+def paired_differences(long: pd.DataFrame, pairs, metrics=("AUC", "bacc"), subsets=None) -> pd.DataFrame:
+    """Paired controls: for each (a, b) variant pair fitted from the same start with the same seeds (one change),
+    the per-seed difference a - b of each metric on each subset, its mean, its standard deviation over seeds and
+    whether the mean exceeds it (None for a single seed: no claim can be made)."""
+    rows = []
+    for a, b in pairs:
+        for subset in subsets or long["subset"].unique():
+            t = long[long["subset"] == subset].set_index(["variant", "seed"])
+            for metric in metrics:
+                diff = (t.loc[a][metric] - t.loc[b][metric]).dropna()
+                sd = float(diff.std(ddof=1)) if len(diff) > 1 else float("nan")
+                rows.append({"pair": f"{a} - {b}", "subset": subset, "metric": metric, "seeds": len(diff),
+                             "per_seed": " ".join(f"{v:+.3f}" for v in diff), "mean_diff": float(diff.mean()),
+                             "std_diff": sd, "beyond_seed_spread": _beyond(abs(float(diff.mean())), sd)})
+    return pd.DataFrame(rows)
 
 
 def ablation(wb, variants: dict, seeds, detector: str = "craft"):
@@ -78,12 +102,13 @@ def ablation(wb, variants: dict, seeds, detector: str = "craft"):
     for variant, p in tqdm(variants.items(), desc=f"{detector} variants", disable=not wb.progress):
         for seed in seeds:
             det = wb.fitted(detector, p=p, seed=seed, progress=False)
-            s = cached_scores(det, x_test)
+            s, raw = cached_scores(det, x_test), cached_scores(det, x_test, raw=True)
             for subset, m in summary_subsets(test).items():
                 rows.append({"variant": variant, "seed": seed, "subset": subset, "fit_s": det.fit_s,
-                             **summary(y_test[m], s[m], det.threshold)})
+                             **summary(y_test[m], s[m], det.threshold), "AUC_raw": raw_auc(y_test[m], raw, m),
+                             "chosen_step": getattr(det, "chosen_step", None)})
     long = pd.DataFrame(rows)
-    summ = mean_std_table(long, ["variant", "subset"], ["bacc", "AP", "AUC", "real_acc", "fake_acc"])
+    summ = mean_std_table(long, ["variant", "subset"], ["bacc", "AP", "AUC", "AUC_raw", "real_acc", "fake_acc"])
     fit = long.groupby(["variant", "subset"], sort=False)["fit_s"].mean().round(1).reset_index()
     return summ.merge(fit, on=["variant", "subset"]), long
 

@@ -261,22 +261,35 @@ def robustness_figure(long, detector: str, metric: str = "bacc", note: str = "sy
 
 
 def craft_convergence(history: list[dict], title: str | None = None, smooth: int = 10):
-    """CRAFT fine-tuning: the training loss (smoothed) and the validation AUC at each check, with the step that
-    early stopping kept (`best_step`)."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 2.8), constrained_layout=True)
-    loss = np.array([h["craft_loss"] for h in history], dtype=float)
+    """CRAFT fine-tuning from step 0: the training loss (smoothed); at each check, the AUC of P(fake) beside the AUC
+    of the distance d it is built on, on validation and on the fixed training subset, with the step model selection
+    kept (`best_step`, 0 = the frozen pipeline); and the classes' mean d on validation (the mechanism: reals stay,
+    fakes fall)."""
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(12, 2.9), constrained_layout=True)
+    loss = np.array([h["craft_loss"] for h in history if "craft_loss" in h], dtype=float)
     w = max(1, min(smooth, len(loss) // 5 or 1))
-    a.plot(np.arange(len(loss) - w + 1) + w, np.convolve(loss, np.ones(w) / w, "valid"))
+    if len(loss):
+        a.plot(np.arange(len(loss) - w + 1) + w, np.convolve(loss, np.ones(w) / w, "valid"))
     a.set_xlabel("step"), a.set_ylabel(f"training loss (mean of {w})")
     checks = [h for h in history if "val_auc" in h]
     if checks:
-        b.plot([h["step"] for h in checks], [h["val_auc"] for h in checks], marker="o")
+        steps = [h["step"] for h in checks]
+        for key, style, label in (("val_auc", "o-", "val: P(fake)"), ("val_auc_d", "x--", "val: d"),
+                                  ("train_auc", "o-", "train subset: P(fake)"), ("train_auc_d", "x--", "train subset: d")):
+            if key in checks[0]:
+                b.plot(steps, [h[key] for h in checks], style, label=label, ms=4, lw=1,
+                       color="C0" if key.startswith("val") else "C1")
         b.axvline(checks[-1]["best_step"], color="grey", ls="--", label=f"kept: step {checks[-1]['best_step']}")
         b.axhline(0.5, color="grey", lw=0.8, ls=":")
-        b.legend(fontsize=8)
+        b.legend(fontsize=7)
+        if "val_d_real" in checks[0]:
+            c.plot(steps, [h["val_d_real"] for h in checks], "o-", ms=4, label="val reals")
+            c.plot(steps, [h["val_d_fake"] for h in checks], "o-", ms=4, label="val fakes")
+            c.set_yscale("log"), c.legend(fontsize=7)
     else:
         b.text(0.5, 0.5, "no validation checks\n(eval_every = 0)", ha="center", va="center", transform=b.transAxes)
-    b.set_xlabel("step"), b.set_ylabel("validation AUC of P(fake)")
+    b.set_xlabel("step"), b.set_ylabel("AUC")
+    c.set_xlabel("step"), c.set_ylabel("mean distance d")
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
