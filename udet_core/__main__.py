@@ -11,9 +11,9 @@ from .profiles import PROFILES
 
 def _run_args(parser, force: bool = True) -> None:
     """The arguments every command on udet-mini shares: profile, run dir, seed (and --force)."""
-    parser.add_argument("--profile", default="default", choices=list(PROFILES))
+    parser.add_argument("--profile", default="default", choices=list(PROFILES), help="named configuration")
     parser.add_argument("--run-dir", default=None, help="default: runs/<profile>")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation and batch order")
     if force:
         parser.add_argument("--force", action="store_true", help="rebuild cached artifacts instead of reusing them")
 
@@ -29,18 +29,33 @@ def _data_args(parser, policy_default: str | None = "center-crop") -> None:
     parser.add_argument("--policy", choices=list(POLICIES), default=policy_default,
                         help="resolution policy: " + "; ".join(f"{k}: {v}" for k, v in POLICIES.items())
                         + ("" if policy_default else " (default: the one the checkpoint was trained with)"))
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="images per scoring batch")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes decoding images")
+    parser.add_argument("--max-pixels", type=int, default=None, help="largest image (pixels) to decode; larger files "
+                        "are listed as bad files and skipped (default: PIL's decompression-bomb limit, 89478485)")
+
+
+class _Help(argparse.HelpFormatter):
+    """--help shows every option's default (unless its help already says what it is)."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if ("default" in h or action.default is None or action.default is False or action.default == argparse.SUPPRESS
+                or not action.option_strings):
+            return h
+        return f"{h} (default: %(default)s)".strip()
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m udet_core", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m udet_core", description=__doc__, formatter_class=_Help)
     sub = ap.add_subparsers(dest="cmd", required=True)
+    _add_parser = sub.add_parser
+    sub.add_parser = lambda *args, **kw: _add_parser(*args, formatter_class=_Help, **kw)
 
     r = sub.add_parser("reproduce", help="execute notebooks 00-05 with papermill (executed copies in the run dir)")
     _run_args(r)
     r.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 00,03")
-    r.add_argument("--data", default="udet-mini", help="data-set spec the notebooks run on: udet-mini (default), a "
+    r.add_argument("--data", default="udet-mini", help="data-set spec the notebooks run on: udet-mini (the default), a "
                    "manifest .csv, a FakeClue .json, or a DiffusionForensics / GenImage / 0_real/1_fake folder "
                    "(held in memory at the profile's input size; larger sets: train / evaluate)")
     r.add_argument("--backbone", default=None, help="a diffusers SD Image Variation pipeline folder for CRAFT, DIRE "
@@ -59,7 +74,9 @@ def main(argv=None) -> int:
                         "the data set's val split")
     tr.add_argument("detector", choices=DETECTOR_NAMES)
     tr.add_argument("--data", default="udet-mini", help=DATA_HELP)
-    tr.add_argument("--out", required=True, help="checkpoint folder to write (a rerun resumes an interrupted fit)")
+    tr.add_argument("--out", required=True, help="checkpoint folder to write (a rerun with the same settings resumes "
+                    "an interrupted fit; other settings are refused)")
+    tr.add_argument("--force", action="store_true", help="remove a previous run from --out and train from scratch")
     tr.add_argument("--backbone", action="append", default=None,
                     help="backbone path replacing the stand-in (CRAFT, DIRE: an image-variation pipeline folder; "
                     "AEROBLADE: autoencoder folders, repeat the option for several)")
@@ -114,12 +131,27 @@ def main(argv=None) -> int:
                     help="for real-architecture: skip a choice whose parameter memory alone exceeds this")
 
     a = ap.parse_args(argv)
-    from .data.images import DataError
+    from .data.images import DataError, set_max_pixels
     try:
+        _check_args(a)
+        set_max_pixels(getattr(a, "max_pixels", None))
         return _run(ap, a)
     except DataError as e:   # bad input, a missing or corrupt zoo model, ...: one message naming it, no traceback
         print(f"udet {a.cmd}: {e}", file=sys.stderr)
         return 2
+
+
+def _check_args(a) -> None:
+    """Options that are wrong whatever the data: a `DataError` naming the option and the fix, before any work."""
+    from .data.images import DataError
+    vf = getattr(a, "val_fraction", None)
+    if vf is not None and not 0.0 < vf < 1.0:
+        raise DataError("--val-fraction", f"{vf} is not a share of the training rows: give a number between 0 and 1 "
+                                          "(e.g. 0.1), or leave it out when the data set has a val split")
+    for name in ("batch_size", "workers"):
+        v = getattr(a, name, None)
+        if v is not None and (v < 0 or (name == "batch_size" and v == 0)):
+            raise DataError(f"--{name.replace('_', '-')}", f"{v} is not allowed (a batch size >= 1, workers >= 0)")
 
 
 def _run(ap, a) -> int:
@@ -197,21 +229,24 @@ def _train(a) -> int:
     from .profiles import get_profile
     from .runner import default_run_dir
     from .runs import checkpoint_meta
-    from .profiles import with_settings
+    from .profiles import config_dict, with_settings
+    import json
+    import os
     if a.mixed_precision:
-        import os
         os.environ["ACCELERATE_MIXED_PRECISION"] = a.mixed_precision   # read by every Accelerator() of the fit
     try:
         p = with_settings(get_profile(a.profile, seed=a.seed), a.set)
     except ValueError as e:
         raise DataError("--set", str(e)) from None
     run_dir, out = Path(a.run_dir or default_run_dir(a.profile)), Path(a.out)
-    if (out / "detector.json").is_file():
-        kind = checkpoint_meta(out, "detector.json", "detector")["name"]
+    if out.exists() and not out.is_dir():
+        raise DataError("--out", f"{out} is a file; give a folder for the checkpoint")
+    if a.force:
+        _clear_run_folder(out)
+    elif (out / "detector.json").is_file():
+        kind = checkpoint_meta(out, "detector.json", "detector").get("name")
         if kind != a.detector:
-            raise DataError(out, f"holds a {kind} checkpoint, not {a.detector}: choose another --out")
-        print(f"{out} already holds a trained {kind} checkpoint; remove it to retrain")
-        return 0
+            raise DataError(out, f"holds a {kind} checkpoint, not {a.detector}: choose another --out (or --force)")
     if a.policy == "native":
         raise DataError(a.data, "policy native scores images at their own sizes; training needs one input size "
                                 "(center-crop or resize)")
@@ -227,6 +262,16 @@ def _train(a) -> int:
                                "from train (never from test)")
     check_split(ds.manifest, "val", where)
     train, val = ds.subset("train"), ds.subset("val")
+    settings = {"detector": a.detector, "profile": config_dict(p), "seed": a.seed, "data": str(where),
+                "policy": a.policy, "val_fraction": a.val_fraction, "rows": _rows_key(ds.manifest),
+                "config": json.loads(json.dumps(det.config(), default=str))}
+    # every process reads --out; only the first (RANK 0 under torchrun / accelerate launch) records the settings
+    # (no process group exists yet: creating accelerate's state here would fix it before the Accelerator's options)
+    if _check_run_folder(out, settings, first=os.environ.get("RANK", "0") == "0") == "done":
+        print(f"{out} already holds this {a.detector} checkpoint, trained with these settings (--force retrains it)")
+        return 0
+    print(f"training {a.detector} at {p.data.resolution} px (policy {a.policy}) on {len(train)} train rows, "
+          f"threshold from {len(val)} validation rows -> {out}")
     det = fit_detector(det, train, val, seed=a.seed, out=out, progress=True, workers=a.workers,
                        extra={"data": ds.provenance(), "n_train": len(train), "n_val": len(val)})
     if not _main_process():
@@ -236,6 +281,79 @@ def _train(a) -> int:
           f"{where}; threshold {det.threshold:.4g} from its {len(val)} validation rows -> {out} "
           "(files that could not be read were reported above and skipped)")
     return 0
+
+
+RUN_FILE = "run.json"   # what determines a `train` run, written into --out before its first step
+
+
+def _rows_key(manifest) -> str:
+    """The training data's identity without reading every image: each row's path, label, split, size and mtime."""
+    import hashlib
+    import os
+    h = hashlib.sha256()
+    for path, label, split in zip(manifest["path"], manifest["label"], manifest["split"]):
+        try:
+            st = os.stat(path)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"{path}|{label}|{split}|{stamp}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_run_folder(out, settings: dict, first: bool = True) -> str:
+    """'new' (nothing there: `settings` recorded), 'resume' (an unfinished run with the same settings) or 'done'
+    (finished with the same settings); a `DataError` (rc 2) when --out holds a run with other settings or from an
+    unknown run, so a resumed checkpoint never mixes settings (weights trained under one, recorded under another)."""
+    from .data.images import DataError
+    from .runs import atomic_write_json
+    import json
+    record = out / RUN_FILE
+    ours = any((out / f).exists() for f in ("detector.json", "checkpoint", RUN_FILE))
+    if not ours:
+        if not first:   # the first process checks the folder and records the settings
+            return "new"
+        if out.is_dir() and any(out.iterdir()):
+            raise DataError("--out", f"{out} is a folder with other files; give an empty or new folder")
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(record, settings)
+        return "new"
+    if not record.is_file():
+        raise DataError("--out", f"{out} holds a checkpoint without {RUN_FILE} (from an older version or another "
+                                 "tool): pass --force to start fresh there, or choose another --out")
+    try:
+        before = json.loads(record.read_text())
+    except json.JSONDecodeError:
+        raise DataError(record, "is not valid JSON: pass --force to start fresh, or choose another --out") from None
+    if before != settings:
+        a, b = _flat(before), _flat(settings)
+        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise DataError("--out", f"{out} holds a {before.get('detector')} run with other settings (differing: "
+                                 f"{', '.join(changed[:8])}{' ...' if len(changed) > 8 else ''}); resuming it would "
+                                 "record these settings for weights trained under the others: pass --force to start "
+                                 "fresh there, or choose another --out")
+    return "done" if (out / "detector.json").is_file() else "resume"
+
+
+def _clear_run_folder(out) -> None:
+    """--force: remove a previous run from --out (only a folder this command wrote, or an empty one)."""
+    import shutil
+    from .data.images import DataError
+    if not out.exists():
+        return
+    if not any((out / f).exists() for f in ("detector.json", "checkpoint", RUN_FILE)) and any(out.iterdir()):
+        raise DataError("--out", f"{out} holds files this command did not write; --force removes only its own runs")
+    shutil.rmtree(out)
 
 
 def _input_of(det, policy=None) -> tuple[str, int]:
@@ -261,12 +379,18 @@ def _detect(a) -> int:
     from .data.images import DataError, list_images
     from .detectors import load_detector, score_dataset
     from .runs import atomic_write_text
+    out = _output_file(a.out)
     paths, problems = [], []
     for p in a.paths:
+        if not Path(p).exists():
+            raise DataError(p, "does not exist: give image files or folders of images")
         try:
             paths += list_images(p) if Path(p).is_dir() else [Path(p)]
         except DataError as e:
             problems.append((e.path, e.problem))
+    if not paths:
+        raise DataError(", ".join(map(str, a.paths)), "no image file to score ("
+                        + "; ".join(f"{q}: {why}" for q, why in problems) + ")")
     det = load_detector(a.checkpoint)
     det.use_cache = False
     if a.fast:
@@ -286,21 +410,54 @@ def _detect(a) -> int:
     df = pd.DataFrame({"path": ds.manifest["path"][ok], "score": scores[ok],
                        "label": np.where(scores[ok] >= det.threshold, "fake", "real"),
                        "detector": det.name + ("-fast" if a.fast else ""), "threshold": det.threshold})
-    atomic_write_text(a.out, df.to_csv(index=False))
+    atomic_write_text(out, df.to_csv(index=False))
+    bad_csv = out.with_suffix(".bad.csv")
     if problems:
-        atomic_write_text(Path(a.out).with_suffix(".bad.csv"),
-                          pd.DataFrame(problems, columns=["path", "problem"]).to_csv(index=False))
+        atomic_write_text(bad_csv, pd.DataFrame(problems, columns=["path", "problem"]).to_csv(index=False))
+    else:
+        bad_csv.unlink(missing_ok=True)   # an earlier run's list must not sit beside this run's scores
     print(f"scored {len(df)} images with {det.name}{' (CRAFT-fast, a different detector)' if a.fast else ''} "
           f"({len(ds) / max(wall, 1e-9):.1f} images/s, policy {policy} at {size} px) -> {a.out}")
     _report_bad(problems)
     return 0
 
 
+def _output_file(path) -> "Path":
+    """`--out` of a command that writes one file: checked before any work (not a folder, its folder writable)."""
+    import os
+    from pathlib import Path
+    from .data.images import DataError
+    out = Path(path)
+    if out.is_dir():
+        raise DataError("--out", f"{out} is a folder; give the CSV file to write (e.g. {out / 'scores.csv'})")
+    parent = out.parent if str(out.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise DataError("--out", f"{parent} is a file, not a folder to write {out.name} into")
+    parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(parent, os.W_OK):
+        raise DataError("--out", f"cannot write into {parent}")
+    return out
+
+
+def _output_folder(path) -> "Path":
+    """`--out` of a command that writes a folder of tables: checked before any work (not an existing file)."""
+    from pathlib import Path
+    from .data.images import DataError
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise DataError("--out", f"{out} is a file; give a folder for the tables")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def _evaluate(a) -> int:
     from pathlib import Path
     from .evaluation import evaluate_checkpoints
     from .runs import PeakRSS, Timer, atomic_write_json, provenance, write_table
-    out, timer = Path(a.out), Timer()
+    from .detectors import load_detector
+    out, timer = _output_folder(a.out), Timer()
+    for folder in a.checkpoint:   # every checkpoint is checked before the first image is scored
+        load_detector(folder)
     with PeakRSS() as mem, timer("evaluate"):
         comp, fam, scores, runs = evaluate_checkpoints(a.checkpoint, lambda det: _dataset_for(det, a.data, a.policy),
                                                        batch_size=a.batch_size, num_workers=a.workers, progress=True)

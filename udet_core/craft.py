@@ -481,8 +481,12 @@ def fine_tune(model: Craft, data, loss, *, seed: int, out_dir, progress: bool, a
     stopper = EarlyStopping(model, *val, cache_dir=cache_dir, train_probe=probe) \
         if val is not None and model.cfg.eval_every else None
     start = [{"step": 0, **stopper(0)}] if stopper is not None else []   # before fit: the frozen weights
+    # with no backbone module to fine-tune (Table 2's baseline and 'perturbation only') the classifier warm-started on
+    # the frozen distances is the whole detector: more steps of CE cannot change its ranking, only its calibration,
+    # which the validation threshold sets anyway
+    steps = model.cfg.steps if model.tuned_modules() else 0
     history = fit(model.trainable(), [Objective("craft_loss", loss, model.param_groups(), lr=model.cfg.lr_cls)], data,
-                  steps=model.cfg.steps, batch_size=model.cfg.batch_size, seed=seed, out_dir=out_dir,
+                  steps=steps, batch_size=model.cfg.batch_size, seed=seed, out_dir=out_dir,
                   checkpoint_every=max(25, model.cfg.steps // 4), desc="CRAFT fine-tune", progress=progress,
                   accelerator=accelerator, after_step=stopper, rows=rows, transform=transform, num_workers=workers)
     if stopper is not None and stopper.best is not None:

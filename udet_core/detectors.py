@@ -26,6 +26,7 @@ from .metrics import calibrate_threshold
 from .runs import PeakRSS, array_key, atomic_write_bytes, atomic_write_json
 
 DETECTORS: dict[str, type] = {}
+PROBABILITY_SCORES = ("craft", "dire", "cnnspot", "unigendet")   # scores in [0, 1] (AEROBLADE's is a distance)
 BUILTIN_MODULES = ("udet_core.craft", "udet_core.baselines.dire", "udet_core.baselines.aeroblade",
                    "udet_core.baselines.cnnspot", "udet_core.gduf")
 
@@ -239,9 +240,20 @@ def load_detector(folder, run_dir=None, p=None) -> Detector:
     from .data.images import DataError
     from .profiles import Profile, from_config_dict, get_profile
     from .runs import checkpoint_meta
+    import math
     folder = Path(folder)
     meta = checkpoint_meta(folder, "detector.json", "detector")
-    cls = detector_class(meta["name"])
+    try:
+        cls = detector_class(meta.get("name"))
+    except ValueError as e:
+        raise DataError(folder / "detector.json", f"names no known detector ({e})") from None
+    t = meta.get("threshold")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+        raise DataError(folder / "detector.json", f"threshold {t!r} is not a finite number: the checkpoint is damaged; "
+                                                  "retrain it")
+    if not 0.0 <= t <= 1.0 + 1e-5 and cls.name in PROBABILITY_SCORES:   # calibration may add 1e-6 to the top
+        raise DataError(folder / "detector.json", f"threshold {t!r} is outside [0, 1], but {cls.name} scores are "
+                                                  "probabilities: the checkpoint is damaged; retrain it")
     try:
         p = p or (from_config_dict(Profile, meta["profile"]) if meta.get("profile") else get_profile("default"))
     except (TypeError, ValueError) as e:

@@ -445,5 +445,11 @@ def _replace_path(cfg, path: list, value, name: str):
     if path[0] not in fields:
         raise ValueError(f"unknown setting {name!r}: {type(cfg).__name__} has {sorted(fields)}")
     if len(path) == 1:
+        old = getattr(cfg, path[0])
+        ok = (old is None or value is None or isinstance(value, type(old))
+              or (isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool)))
+        if not ok or (isinstance(old, (int, float)) and isinstance(value, bool) != isinstance(old, bool)):
+            raise ValueError(f"setting {name}={value!r}: expected a {type(old).__name__} like its current value "
+                             f"{old!r}")
         return replace(cfg, **{path[0]: value})
     return replace(cfg, **{path[0]: _replace_path(getattr(cfg, path[0]), path[1:], value, name)})

@@ -112,7 +112,13 @@ def checkpoint_meta(folder, filename: str, kind: str) -> dict:
     path = Path(folder) / filename
     if not path.is_file():
         raise DataError(folder, f"not a {kind} checkpoint ({filename} missing)")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(path, f"is not valid JSON ({e}): the {kind} checkpoint is damaged; retrain it") from None
+    if not isinstance(meta, dict):
+        raise DataError(path, f"is not a {kind} checkpoint's metadata (a JSON object expected)")
+    return meta
 
 
 def write_table(df, path_stem, provenance: dict | None = None) -> list[Path]:

@@ -2,10 +2,12 @@
 
 Forensic detectors read exactly the pixel statistics that silent conversions change (alpha compositing,
 palette expansion, 16->8 bit rounding), so by default such images are refused with a message saying why;
-`convert=True` converts them on purpose.
+`load_rgb(..., convert=True)` converts them on purpose (a library call; the command line never converts).
 """
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +53,11 @@ def load_rgb(path, min_size: int = 0, convert: bool = False) -> np.ndarray:
     if path.stat().st_size == 0:
         raise DataError(path, "empty file (0 bytes)")
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():   # above the pixel limit: a bad file, not a warning (`set_max_pixels`)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
             im.load()
+        with im:
             mode, fmt = im.mode, im.format
             has_alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info)
             if mode == "RGB" and (_png_bit_depth(path) or 8) > 8:
@@ -68,12 +73,32 @@ def load_rgb(path, min_size: int = 0, convert: bool = False) -> np.ndarray:
             raise DataError(path, f"corrupt or truncated image data (starts like a {kind} file but cannot be "
                                   "decoded)") from None
         raise DataError(path, "not an image (format not recognised)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(path, f"more pixels than the limit of {Image.MAX_IMAGE_PIXELS} (a decompression bomb or a "
+                              f"very large image: raise the limit with --max-pixels): {e}") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(path, f"corrupt or truncated image data ({e})") from None
+    except Exception as e:   # any other decoder failure is this file's problem, never the run's
+        raise DataError(path, f"cannot be decoded ({type(e).__name__}: {e})") from None
     h, w = rgb.shape[:2]
     if min(h, w) < min_size:
         raise DataError(path, f"image is {w}x{h}, smaller than the required {min_size}x{min_size}")
     return rgb
+
+
+def set_max_pixels(n: int | None) -> None:
+    """The largest image (in pixels) `load_rgb` decodes; larger files are bad files (PIL's decompression-bomb guard;
+    None: PIL's default, about 89 million). DataLoader workers inherit it (fork) or set it from `MAX_PIXELS_ENV`."""
+    if n is not None:
+        if n <= 0:
+            raise DataError("--max-pixels", f"must be a positive number of pixels, got {n}")
+        Image.MAX_IMAGE_PIXELS = int(n)
+        os.environ[MAX_PIXELS_ENV] = str(int(n))
+
+
+MAX_PIXELS_ENV = "UDET_MAX_IMAGE_PIXELS"
+if os.environ.get(MAX_PIXELS_ENV, "").isdigit():
+    Image.MAX_IMAGE_PIXELS = int(os.environ[MAX_PIXELS_ENV])
 
 
 def _mode_problem(mode: str, fmt: str | None) -> str:
@@ -83,7 +108,7 @@ def _mode_problem(mode: str, fmt: str | None) -> str:
         "I;16": "is 16-bit grayscale", "I;16B": "is 16-bit grayscale", "I": "is 32-bit integer grayscale",
         "F": "is floating-point grayscale", "CMYK": "is CMYK", "YCbCr": "is YCbCr", "RGB;16": "is 16-bit per channel RGB",
     }.get(mode, f"has unsupported mode {mode}")
-    return f"{fmt or 'image'} {what}; expected 8-bit RGB (pass convert=True to convert it deliberately)"
+    return f"{fmt or 'image'} {what}; expected 8-bit RGB (convert it to 8-bit RGB PNG first)"
 
 
 def _to_rgb(im: Image.Image, mode: str, has_alpha: bool) -> np.ndarray:
