@@ -559,7 +559,6 @@ def selection_info(history: list[dict]) -> dict:
         if h is not None:
             info.update({f"{name}_{k}": h[k] for k in ("val_auc", "val_auc_d", "val_d_real", "val_d_fake",
                                                        "val_inverted")})
-    info["best_val_auc"] = info.get("chosen_val_auc")
     return info
 
 
