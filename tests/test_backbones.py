@@ -5,7 +5,11 @@ import torch
 from PIL import Image
 
 from udet_core.data import DataError
-from udet_core.models.backbones import build_image_variation, build_vae, load_image_variation
+from udet_core.models.backbones import (
+    build_image_variation,
+    build_vae,
+    load_image_variation,
+)
 
 
 @pytest.fixture()

@@ -6,7 +6,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from udet_core.data import DataError, list_images, load_many, load_rgb, read_fakeclue, read_manifest
+from udet_core.data import (
+    DataError,
+    list_images,
+    load_many,
+    load_rgb,
+    read_fakeclue,
+    read_manifest,
+)
 from udet_core.data.manifest import load_images, new_manifest
 
 

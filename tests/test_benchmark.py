@@ -4,11 +4,17 @@ import json
 import numpy as np
 import pytest
 
-from udet_core.benchmark import CONDITIONAL, build_benchmark, counts_table, load_generators, sample_family
 from udet_core.data.images import load_rgb
 from udet_core.data.manifest import COLUMNS, load_images
 from udet_core.data.sources import PHOTOS, check_split_photos
 from udet_core.models.realesrgan import weights_sha256
+from udet_core.world.benchmark import (
+    CONDITIONAL,
+    build_benchmark,
+    counts_table,
+    load_generators,
+    sample_family,
+)
 
 
 def test_manifest_schema_and_counts(tiny_run, tiny):
@@ -71,10 +77,11 @@ def test_fake_regenerates_from_its_seed(tiny_run, tiny, family):
     models = load_generators(tiny, bench.generators)
     crops = None
     if family in CONDITIONAL:  # regenerate the same crop stream and take crop 0 (row 0 of the split)
-        from udet_core.benchmark import FAMILIES, SPLIT_ID, _rng
         from udet_core.data.sources import random_crops
+        from udet_core.world.benchmark import FAMILIES, SPLIT_ID
+        from udet_core.world.trainers import stream_rng
         crops, _ = random_crops(tiny.data.split_photos["test"], 1, tiny.data.resolution, tiny.data.crop_scales,
-                                _rng(tiny.seed, 10 + SPLIT_ID["test"], FAMILIES.index(family)))
+                                stream_rng(tiny.seed, 10 + SPLIT_ID["test"], FAMILIES.index(family)))
     again = sample_family(family, models, tiny, [row.seed], crops)[0]
     assert np.abs(again.astype(int) - load_rgb(row.path).astype(int)).max() <= 1
 

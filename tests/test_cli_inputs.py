@@ -44,7 +44,7 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A small 0_real/1_fake tree and one tiny CNNSpot checkpoint trained on it through the CLI."""
-    from udet_core.bench import synthetic_tree
+    from udet_core.data.synthetic import synthetic_tree
     root = tmp_path_factory.mktemp("cli")
     tree = root / "tree"
     synthetic_tree(tree, n_train=24, n_test=8, size=24, progress=False)

@@ -10,11 +10,20 @@ import pytest
 import torch
 from PIL import Image
 
-from udet_core.craft import (Craft, latent_center_distance, mean_center, perturb_latent,
-                             premise_check, prefix_cache, split_tensors, train)
 from udet_core.data.manifest import load_images
-from udet_core.losses import craft_cr_loss, craft_total_loss
-from udet_core.metrics import calibrate_threshold
+from udet_core.engine.losses import craft_cr_loss, craft_total_loss
+from udet_core.engine.metrics import calibrate_threshold
+from udet_core.methods.craft import (
+    Craft,
+    latent_center_distance,
+    mean_center,
+    perturb_latent,
+    prefix_cache,
+    split_tensors,
+    train,
+)
+from udet_core.study.craft import premise_check
+from udet_core.world.weights import default_weights
 
 
 def test_cr_loss_matches_eq6_by_hand():
@@ -39,7 +48,7 @@ def test_perturbation_eq4_and_bound_eq11():
 
 
 def test_power_iteration_matches_the_exact_jacobian_norm(tiny_run, tiny):
-    from udet_core.craft import ddim_step_spectral_norm
+    from udet_core.methods.craft import ddim_step_spectral_norm
     _, bench = tiny_run
     m = _model(bench, tiny.craft)
     torch.manual_seed(1)
@@ -130,7 +139,7 @@ def test_model_selection_keeps_the_frozen_pipeline_when_no_fine_tuned_check_beat
 def test_p_fake_ranks_images_exactly_as_their_distance_for_any_classifier_weights():
     """The distance classifier (eq. 7-8) cannot invert its signal: for any weights, P(fake) increases with d (at
     8cc9fcb a 1->16->2 MLP started with a negative slope and ranked validation images as 1 - AUC of d)."""
-    from udet_core.craft import DistanceClassifier
+    from udet_core.methods.craft import DistanceClassifier
     d = torch.sort(torch.rand(500, generator=torch.Generator().manual_seed(0)) * 0.2 + 1e-4).values
     for seed in range(20):
         torch.manual_seed(seed)
@@ -144,7 +153,7 @@ def test_p_fake_ranks_images_exactly_as_their_distance_for_any_classifier_weight
 def test_warm_start_on_frozen_distances_keeps_a_positive_slope():
     """Warm-started on frozen training distances, the classifier separates the classes at its centre; when fakes
     reconstruct *better* (the premise fails), the slope stays positive (the order stays d's)."""
-    from udet_core.craft import DistanceClassifier
+    from udet_core.methods.craft import DistanceClassifier
     g = torch.Generator().manual_seed(0)
     d_real, d_fake = torch.rand(100, generator=g) * 0.01 + 0.01, torch.rand(100, generator=g) * 0.02 + 0.03
     y = torch.cat([torch.zeros(100), torch.ones(100)]).long()
@@ -161,7 +170,7 @@ def test_warm_start_on_frozen_distances_keeps_a_positive_slope():
 
 
 def test_signal_audit_flags_a_score_that_ranks_against_its_distance():
-    from udet_core.craft import signal_audit
+    from udet_core.methods.craft import signal_audit
     y = np.r_[np.zeros(50), np.ones(50)]
     d = np.r_[np.linspace(0.01, 0.02, 50), np.linspace(0.015, 0.03, 50)]
     assert not signal_audit(y, d * 10, d)["inverted"]
@@ -222,9 +231,17 @@ def test_premise_check_reports_the_centre_distance_and_the_frozen_distance(tiny_
 
 def test_tiny_real_pipeline_folder_trains_unchanged(tmp_path, tiny):
     """A StableDiffusionImageVariationPipeline folder built from diffusers-test-sized configs, saved to disk."""
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionImageVariationPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionImageVariationPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
     torch.manual_seed(0)
     unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=16, in_channels=4,
                                 out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -254,20 +271,20 @@ def test_tiny_real_pipeline_folder_trains_unchanged(tmp_path, tiny):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tiny_run, tiny, tiny_data):
-    from udet_core.detectors import fitted
+    from udet_core.methods.base import fitted
     run_dir, _ = tiny_run
     _, images, df = tiny_data
-    return fitted("craft", tiny, run_dir, images, df, seed=0).folder
+    return fitted("craft", tiny, run_dir, images, df, seed=0, weights=default_weights(tiny, run_dir)).folder
 
 
 def test_streamed_craft_training_follows_the_in_memory_fit(tiny_run, tiny, tmp_path):
     """CRAFT trained from disk (real centre and frozen-prefix latents batch by batch, images read back by 2 DataLoader
     workers) follows the in-memory fit on the same rows: the same centre, per-step losses and scores. Stated
     tolerance 1e-4: only the batch composition of the frozen-prefix computation differs."""
-    from udet_core.bench import synthetic_tree
-    from udet_core.craft import CraftDetector
     from udet_core.data.dataset import ArrayDataset, open_dataset, split_validation
-    from udet_core.detectors import fit_detector
+    from udet_core.data.synthetic import synthetic_tree
+    from udet_core.methods.base import fit_detector
+    from udet_core.methods.craft import CraftDetector
     run_dir, _ = tiny_run
     synthetic_tree(tmp_path / "t", n_train=32, n_test=4, size=24, progress=False)
     ds = open_dataset(tmp_path / "t", size=tiny.data.resolution)
@@ -287,7 +304,8 @@ def test_a_fitted_craft_detector_ranks_test_images_exactly_as_their_distance(tin
     """The detector of `train craft`: P(fake) orders the test images as d does (AUC equal: the classifier is strictly
     increasing in d and evaluated in float64), and its history audits every check from step 0, none inverted."""
     from sklearn.metrics import roc_auc_score
-    from udet_core.detectors import load_detector
+
+    from udet_core.methods.base import load_detector
     bench, images, df = tiny_data
     det = load_detector(tiny_checkpoint)
     x, y = split_tensors(images, df, "test")
@@ -337,7 +355,7 @@ def test_detect_cli_scores_a_folder_and_lists_bad_files(tmp_path, tiny_checkpoin
 
 
 def test_fast_mode_scores(tiny_checkpoint, tiny_data):
-    from udet_core.detectors import load_detector
+    from udet_core.methods.base import load_detector
     _, images, df = tiny_data
     det = load_detector(tiny_checkpoint)
     det.use_cache = False
@@ -372,10 +390,11 @@ def test_craft_cache_key_follows_the_resolved_lpips_backbone(tiny_run, tiny, tin
     """Random and ImageNet LPIPS weights give different distances under one config name: the detector's artifact key
     holds the name the distance resolves to, and a checkpoint refuses to score with another one."""
     import shutil
-    from udet_core import distances
-    from udet_core.craft import CraftDetector
-    from udet_core.data.images import DataError
-    from udet_core.profiles import config_hash
+
+    from udet_core.core.errors import DataError
+    from udet_core.core.profiles import config_hash
+    from udet_core.engine import distances
+    from udet_core.methods.craft import CraftDetector
     run_dir, _ = tiny_run
     det = CraftDetector(replace(tiny, craft=replace(tiny.craft, distance="lpips-vgg")), run_dir)
     random_key = config_hash(det.config())
@@ -394,8 +413,9 @@ def test_backbone_cache_key_is_its_content_not_its_path(tiny_run, tiny, tmp_path
     """A backbone rebuilt or replaced at the same path changes the keys of the real centre, the frozen prefix and the
     checkpoints trained on it; an untouched one keeps its key (read back from the record beside it)."""
     import shutil
-    from udet_core.craft import prefix_key
-    from udet_core.runs import CONTENT_KEY_FILE, content_key
+
+    from udet_core.core.keys import CONTENT_KEY_FILE, content_key
+    from udet_core.methods.craft import prefix_key
     _, bench = tiny_run
     folder = tmp_path / "backbone"
     shutil.copytree(bench.generators.backbone_path, folder)
@@ -414,10 +434,10 @@ def test_backbone_cache_key_is_its_content_not_its_path(tiny_run, tiny, tmp_path
 
 def test_craft_cache_key_covers_every_benchmark_config(tiny_run, tiny, tiny_data, monkeypatch):
     """A fitted CRAFT is reused only when every config that made the benchmark (GAN and pixel DDPM included) and the
-    backbone's content are the same: one key recipe for every detector (`detectors.detector_artifact`)."""
-    from udet_core.craft import CraftDetector
-    from udet_core.detectors import detector_artifact
-    from udet_core.runs import Artifact
+    backbone's content are the same: one key recipe for every detector (`methods.base.detector_artifact`)."""
+    from udet_core.core.keys import Artifact
+    from udet_core.methods.base import detector_artifact
+    from udet_core.methods.craft import CraftDetector
     run_dir, bench = tiny_run
     _, images, df = tiny_data
     train, val = (df.split == "train").to_numpy(), (df.split == "val").to_numpy()
@@ -428,7 +448,7 @@ def test_craft_cache_key_covers_every_benchmark_config(tiny_run, tiny, tiny_data
 
     monkeypatch.setattr(Artifact, "done", property(lambda self: True))      # report the key's folder, train nothing
     backbone = {"content": "weights-1"}                                         # the backbone's content key, by hand
-    monkeypatch.setattr("udet_core.craft.content_key", lambda path: backbone["content"])
+    monkeypatch.setattr("udet_core.methods.craft.content_key", lambda path: backbone["content"])
     variants = [tiny, replace(tiny, gan=replace(tiny.gan, nz=tiny.gan.nz + 1)),
                 replace(tiny, pixel=replace(tiny.pixel, steps=tiny.pixel.steps + 1)),
                 replace(tiny, families=replace(tiny.families, sdedit_strength=0.5)), replace(tiny, seed=1)]
@@ -440,7 +460,8 @@ def test_craft_cache_key_covers_every_benchmark_config(tiny_run, tiny, tiny_data
 
 def test_the_backbone_and_distance_are_chosen_on_the_validation_split_only():
     import pandas as pd
-    from udet_core.craft import choose_pipeline
+
+    from udet_core.study.craft import choose_pipeline
     rows = [("a", "mse", "val", 0.8), ("a", "mse", "test", 0.2), ("b", "mse", "val", 0.6), ("b", "mse", "test", 0.9),
             ("a", "lpips", "val", 0.7), ("a", "lpips", "test", 0.95)]
     premise = pd.DataFrame([{"backbone": b, "distance": d, "split": s, "family": "all fakes",

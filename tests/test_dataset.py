@@ -10,9 +10,19 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from udet_core.data.dataset import (ImageDataset, apply_policy, check_split, detect_layout, open_dataset, read_spec,
-                                    split_validation)
-from udet_core.data.images import DataError
+from udet_core.core.errors import DataError
+from udet_core.data.dataset import (
+    ImageDataset,
+    apply_policy,
+    check_split,
+    detect_layout,
+    open_dataset,
+    read_spec,
+    split_validation,
+)
+from udet_core.methods.base import create_detector
+from udet_core.world.specs import open_dataset as open_world_dataset
+from udet_core.world.weights import default_weights
 
 DETECTORS = ("craft", "dire", "aeroblade", "cnnspot", "unigendet")
 
@@ -142,10 +152,10 @@ def fitted_all(tiny_wb):
 
 
 def test_streamed_scores_equal_the_in_memory_path_for_every_detector(tiny_run, tiny, fitted_all):
-    from udet_core.detectors import score_dataset
+    from udet_core.methods.base import score_dataset
     run_dir, _ = tiny_run
     images, df, dets = fitted_all
-    ds = open_dataset("udet-mini", size=tiny.data.resolution, p=tiny, run_dir=run_dir).subset("test")
+    ds = open_world_dataset("udet-mini", size=tiny.data.resolution, p=tiny, run_dir=run_dir).subset("test")
     test = (df.split == "test").to_numpy()
     assert list(ds.manifest.path) == list(df.path[test])
     # Both paths score the same batches (16 images; the in-memory one in chunks of 16), so each image meets the same
@@ -163,7 +173,8 @@ def test_streamed_scores_equal_the_in_memory_path_for_every_detector(tiny_run, t
 
 def test_checkpoints_load_with_their_profile_and_refuse_other_settings(tiny_run, tiny, fitted_all, tmp_path):
     import shutil
-    from udet_core.detectors import load_detector
+
+    from udet_core.methods.base import load_detector
     images, df, dets = fitted_all
     for name, det in dets.items():
         again = load_detector(det.folder)
@@ -269,7 +280,7 @@ def test_cnnspot_streams_its_training_and_two_processes_train_it_like_one(tmp_pa
     """`train cnnspot` reads its training images from disk through DataLoader workers (never the whole set), and
     under torchrun with 2 CPU processes trains the same model: the same global batches, the same per-draw Blur+JPEG
     augmentation, batch norm over the global batch. Stated tolerance: per-step losses and scores within 1e-4."""
-    from udet_core.bench import synthetic_tree
+    from udet_core.data.synthetic import synthetic_tree
     tree = tmp_path / "tree"
     synthetic_tree(tree, n_train=24, n_test=8, size=24, progress=False)
     args = ["train", "cnnspot", "--data", str(tree), "--profile", "tiny", "--set", "cnnspot.steps=12",
@@ -298,13 +309,13 @@ def test_training_from_disk_follows_the_in_memory_fit(name, tiny_wb, tiny, tmp_p
     batch and stored on disk; UniGenDet: its latents computed batch by batch) trains as on the same rows in memory:
     the same per-step losses and scores (stated tolerance 1e-4; CNNSpot and DIRE agree exactly). CRAFT: test_craft."""
     from udet_core.data.dataset import ArrayDataset
-    from udet_core.detectors import detector_class, fit_detector
+    from udet_core.methods.base import fit_detector
     manifest = tmp_path / "manifest.csv"
     tiny_wb.df.drop(columns="content").to_csv(manifest, index=False)
     ds = open_dataset(manifest, size=tiny.data.resolution)
     train, val = ds.subset("train"), ds.subset("val")
     images, rows, _ = train.load()
-    fits = [fit_detector(detector_class(name)(tiny, tiny_wb.run_dir), data, val, seed=0, out=tmp_path / out,
+    fits = [fit_detector(create_detector(name, tiny, tiny_wb.run_dir, weights=default_weights(tiny, tiny_wb.run_dir)), data, val, seed=0, out=tmp_path / out,
                          workers=workers)
             for data, out, workers in ((train, "disk", 2), (ArrayDataset(images, rows), "memory", 0))]
     if name == "unigendet":
@@ -319,7 +330,7 @@ def test_training_from_disk_follows_the_in_memory_fit(name, tiny_wb, tiny, tmp_p
 
 
 def test_synthetic_tree_is_a_readable_0_real_1_fake_tree(tmp_path):
-    from udet_core.bench import TREE_FAMILIES, synthetic_tree
+    from udet_core.data.synthetic import TREE_FAMILIES, synthetic_tree
     counts = synthetic_tree(tmp_path / "t", n_train=6, n_test=8, size=32, progress=False)
     assert counts == {"train/real": 3, "train/nearest-x2": 2, "train/bicubic-x4": 1,
                       "test/real": 4, "test/nearest-x2": 2, "test/bicubic-x4": 2}

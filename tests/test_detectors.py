@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from udet_core import evaluation
-from udet_core.detectors import DETECTORS, Detector, detector_class, fitted, register
-from udet_core.metrics import calibrate_threshold, mean_std_table
+from udet_core.engine.metrics import calibrate_threshold, mean_std_table
+from udet_core.methods.base import DETECTORS, Detector, detector_class, fitted, register
+from udet_core.study import evaluation
+from udet_core.world.weights import default_weights
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +117,8 @@ def test_calibration_needs_both_classes():
 @pytest.mark.parametrize("name", ["cnnspot", "dire", "aeroblade", "craft", "unigendet"])
 def test_builtin_detector_fits_saves_and_reloads(bench, name):
     p, run_dir, images, df = bench
-    det = fitted(name, p, run_dir, images, df, seed=0)
-    again = fitted(name, p, run_dir, images, df, seed=0)          # loaded from its artifact
+    det = fitted(name, p, run_dir, images, df, seed=0, weights=default_weights(p, run_dir))
+    again = fitted(name, p, run_dir, images, df, seed=0, weights=default_weights(p, run_dir))         # loaded from its artifact
     x = images[(df["split"] == "test").to_numpy()][:8]
     s = det.score(x)
     assert s.shape == (8,) and np.isfinite(s).all()
@@ -126,7 +127,7 @@ def test_builtin_detector_fits_saves_and_reloads(bench, name):
 
 def test_dire_cache_matches_a_fresh_reconstruction(bench):
     p, run_dir, images, df = bench
-    det = fitted("dire", p, run_dir, images, df, seed=0)
+    det = fitted("dire", p, run_dir, images, df, seed=0, weights=default_weights(p, run_dir))
     x = images[(df["split"] == "val").to_numpy()][:4]
     cached = det.dire_images(x)
     det.use_cache = False
@@ -138,8 +139,9 @@ def test_aeroblade_takes_the_minimum_over_autoencoders(bench, tmp_path):
     from dataclasses import replace
 
     from diffusers import AutoencoderKL
-    from udet_core.baselines.aeroblade import Aeroblade, aeroblade_score
+
     from udet_core.data.images import to_tensor
+    from udet_core.methods.aeroblade import Aeroblade, aeroblade_score
     p, run_dir, images, df = bench
     vae = AutoencoderKL.from_pretrained(str(_vae_path(p, run_dir)))
     torch.manual_seed(1)
@@ -156,13 +158,13 @@ def test_aeroblade_takes_the_minimum_over_autoencoders(bench, tmp_path):
 
 
 def _vae_path(p, run_dir):
-    from udet_core.benchmark import build_benchmark
+    from udet_core.world.benchmark import build_benchmark
     return build_benchmark(p, run_dir, progress=False).generators.vae_path
 
 
 def test_cnnspot_augmentation_is_keyed_by_the_draw_and_switchable():
-    from udet_core.baselines.cnnspot import blur_jpeg_augment
-    from udet_core.profiles import ClassifierConfig
+    from udet_core.core.profiles import ClassifierConfig
+    from udet_core.methods.cnnspot import blur_jpeg_augment
     x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
     off = ClassifierConfig(blur_prob=0.0, jpeg_prob=0.0)
     on = ClassifierConfig(blur_prob=1.0, jpeg_prob=1.0)
@@ -175,9 +177,9 @@ def test_cnnspot_augmentation_is_keyed_by_the_draw_and_switchable():
 
 
 def test_craft_scores_through_the_prefix_cache_equal_fresh_scores(bench):
-    from udet_core.craft import cache_dir, prefix_key
+    from udet_core.methods.craft import cache_dir, prefix_key
     p, run_dir, images, df = bench
-    det = fitted("craft", p, run_dir, images, df, seed=0)
+    det = fitted("craft", p, run_dir, images, df, seed=0, weights=default_weights(p, run_dir))
     x = images[(df["split"] == "test").to_numpy()][:6]
     before = set(cache_dir(run_dir).glob("craft-prefix-*"))
     cached = det.score(x)
@@ -198,7 +200,8 @@ def test_craft_scores_through_the_prefix_cache_equal_fresh_scores(bench):
 
 def test_ablation_variants_change_one_setting_each(tiny):
     from dataclasses import fields
-    from udet_core.craft import ablation_variants, scaled_k
+
+    from udet_core.study.craft import ablation_variants, scaled_k
     assert (scaled_k(15, 50), scaled_k(15, 10), scaled_k(5, 10), scaled_k(50, 10), scaled_k(1, 10)) == (15, 3, 1, 10, 1)
     v = ablation_variants(tiny)
     modules = {"train_encoder", "train_unet", "train_decoder"}
@@ -221,7 +224,7 @@ def test_ablation_table_fits_each_variant_per_seed_and_shares_the_full_model(ben
     assert len(long) == 2 * 2 * 3 and set(long["variant"]) == {"full", "L2"}
     assert summ["seeds"].eq(2).all()
     full0 = long[(long.variant == "full") & (long.seed == 0) & (long.subset == "all test")].iloc[0]
-    det = fitted("craft", p, run_dir, images, df, seed=0)            # the same cached model as notebook 03's
+    det = fitted("craft", p, run_dir, images, df, seed=0, weights=default_weights(p, run_dir))  # the same cached model as notebook 03's
     test = (df["split"] == "test").to_numpy()
     s = det.score(images[test])
     assert full0["AP"] == pytest.approx(evaluation.summary(df["label"].to_numpy()[test], s, det.threshold)["AP"])
@@ -244,7 +247,7 @@ def test_claim_checks_by_hand():
 def test_detector_cache_key_is_the_rows_content_not_where_the_run_directory_lies():
     """The rows a detector was fitted on are keyed by their images and manifest columns, not their absolute paths:
     a run directory moved elsewhere keeps its cached detectors; other images or labels get another key."""
-    from udet_core.detectors import rows_key
+    from udet_core.methods.base import rows_key
     df = pd.DataFrame({"path": ["/runs/a/x.png", "/runs/a/y.png"], "label": [0, 1], "split": "train"})
     images = np.zeros((2, 4, 4, 3), np.uint8)
     key = rows_key(df, images)
@@ -255,7 +258,7 @@ def test_detector_cache_key_is_the_rows_content_not_where_the_run_directory_lies
 def test_balanced_accuracy_makes_calling_everything_fake_chance():
     """96 reals and 240 fakes, as udet-mini's 'all test': a detector that calls every image fake has plain accuracy
     0.714 but balanced accuracy 0.5, and the chance claim says so; per-class accuracies are kept beside it."""
-    from udet_core.metrics import summary
+    from udet_core.engine.metrics import summary
     y = np.r_[np.zeros(96), np.ones(240)].astype(int)
     rng = np.random.default_rng(0)
     s = summary(y, rng.random(len(y)) + 1.0, threshold=0.5)             # every score above the threshold
@@ -285,7 +288,7 @@ def test_effect_claim_by_hand():
 
 
 def test_rows_key_ignores_columns_derived_from_the_manifest():
-    from udet_core.detectors import rows_key
+    from udet_core.methods.base import rows_key
     df = pd.DataFrame({"path": ["a.png", "b.png"], "label": [0, 1], "family": ["real", "gan"], "split": ["train"] * 2})
     images = np.zeros((2, 4, 4, 3), np.uint8)
     assert rows_key(df.assign(content=["scene", None]), images) == rows_key(df, images)

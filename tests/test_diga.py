@@ -5,9 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from udet_core.diga import Diga, teacher_features
-from udet_core.gduf import UniGenDet
-from udet_core.metrics import frechet_distance, intra_prompt_diversity, judged_real_share
+from udet_core.engine.metrics import (
+    frechet_distance,
+    intra_prompt_diversity,
+    judged_real_share,
+)
+from udet_core.methods.diga import Diga, teacher_features
+from udet_core.methods.gduf import UniGenDet
 from udet_core.models.backbones import build_vae
 
 
@@ -83,7 +87,7 @@ def test_generation_metrics_by_hand():
     assert frechet_distance(a, a + np.array([1.0, 2.0, 0.0])) == pytest.approx(5.0, abs=1e-6)   # same cov: ||d||^2
     with pytest.raises(ValueError, match="rank-deficient"):                   # 3 samples of 3-d features
         frechet_distance(a[:3], a[3:6])
-    from udet_core.profiles import PROFILES
+    from udet_core.core.profiles import PROFILES
     for make in PROFILES.values():                                           # every profile's featnet is full rank
         g = make().geneval
         assert g.n_samples > g.feature_dim, g
@@ -95,7 +99,7 @@ def test_generation_metrics_by_hand():
 
 
 def test_diga_runs_are_cached_and_measured(tiny_wb, tiny):
-    from udet_core.diga import fitted_diga, generation_metrics
+    from udet_core.study.unigendet import fitted_diga, generation_metrics
     student, history = fitted_diga(tiny_wb, seed=0)
     assert [h["step"] for h in history] == list(range(1, tiny.diga.steps + 1))
     again, _ = fitted_diga(tiny_wb, seed=0)

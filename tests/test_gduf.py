@@ -7,11 +7,25 @@ import pandas as pd
 import pytest
 import torch
 
-from udet_core.losses import flow_matching_loss, flow_matching_noisy, gduf_total_loss
-from udet_core.metrics import css, explanation_metrics, parse_verdict, rouge_l
-from udet_core.models.unified import (ANSWER, IMAGE, TEXT, batch_mask, detection_mask, generation_mask,
-                                      paper_model_parameters, patchify, rope_positions, unpatchify)
-from udet_core.profiles import BAGEL_7B_MOT
+from udet_core.core.profiles import BAGEL_7B_MOT
+from udet_core.engine.losses import (
+    flow_matching_loss,
+    flow_matching_noisy,
+    gduf_total_loss,
+)
+from udet_core.engine.metrics import css, explanation_metrics, parse_verdict, rouge_l
+from udet_core.models.unified import (
+    ANSWER,
+    IMAGE,
+    TEXT,
+    batch_mask,
+    detection_mask,
+    generation_mask,
+    paper_model_parameters,
+    patchify,
+    rope_positions,
+    unpatchify,
+)
 
 N_VAE, N_VIT, N_INS, N_ANS = 4, 3, 2, 3
 
@@ -123,7 +137,7 @@ def test_explanation_metrics():
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny):
-    from udet_core.gduf import UniGenDet
+    from udet_core.methods.gduf import UniGenDet
     from udet_core.models.backbones import build_vae
     torch.manual_seed(0)
     texts = ["real. consistent with a camera 0.12", "fake. a GAN made it 3.4", "a close-up photo of a cat"]
@@ -206,8 +220,8 @@ def test_training_rows_follow_the_mix_ratio(tiny_model):
 def test_the_base_generator_sees_as_many_generation_samples_as_gduf(tiny):
     """Paper §4.1 trains generation and understanding 1:1; the Table 4 'base' generator trains on generation only,
     for the share of GDUF's steps that GDUF spends on generation rows."""
-    from udet_core.gduf import generation_only
-    from udet_core.profiles import get_profile
+    from udet_core.core.profiles import get_profile
+    from udet_core.methods.gduf import generation_only
     cfg = get_profile("default").gduf
     assert cfg.gen_ratio == 1.0
     base = generation_only(cfg)
@@ -218,7 +232,7 @@ def test_the_base_generator_sees_as_many_generation_samples_as_gduf(tiny):
 
 
 def test_unigendet_trains_detects_generates_and_reloads(tiny_wb, tiny, tmp_path):
-    from udet_core.gduf import UniGenDet, cached_answers
+    from udet_core.methods.gduf import UniGenDet, cached_answers
     images, df = tiny_wb.images, tiny_wb.df
     det = tiny_wb.fitted("unigendet", seed=0)
     assert [h["step"] for h in det.history] == list(range(1, tiny.gduf.steps + 1))

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from udet_core.runner import NOTEBOOK_DIR, check_kernel, reproduce
+from udet_core.cli.reproduce import NOTEBOOK_DIR, check_kernel, reproduce
 
 
 def test_every_notebook_is_clean_and_parameterised():
@@ -105,7 +105,7 @@ def test_every_notebook_runs_on_a_folder_data_set(tiny_run, tmp_path):
     """`reproduce --data <0_real/1_fake tree> --backbone <pipeline> --val-fraction F` on tiny: the notebooks that apply
     run on that data set with that backbone; 01 (explanations) and 02 (udet-mini's captions) are recorded as skipped,
     with the reason; 05 skips only its upsampler ablation; nothing is written to the udet-mini run."""
-    from udet_core.bench import synthetic_tree
+    from udet_core.data.synthetic import synthetic_tree
     _, bench = tiny_run
     tree = tmp_path / "tree"
     synthetic_tree(tree, n_train=48, n_test=24, size=24, progress=False)

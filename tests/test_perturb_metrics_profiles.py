@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from udet_core.core.profiles import config_hash, get_profile
 from udet_core.data import perturb
-from udet_core.metrics import tpr_at_fpr
-from udet_core.profiles import config_hash, get_profile
+from udet_core.engine.metrics import tpr_at_fpr
 
 
 def _img():
@@ -43,7 +43,15 @@ def test_profiles_and_hashes():
 
 
 def test_profiles_round_trip_through_their_config_dict_and_take_dotted_settings():
-    from udet_core.profiles import PROFILES, Profile, config_dict, config_hash, from_config_dict, get_profile, with_settings
+    from udet_core.core.profiles import (
+        PROFILES,
+        Profile,
+        config_dict,
+        config_hash,
+        from_config_dict,
+        get_profile,
+        with_settings,
+    )
     for name in PROFILES:
         p = get_profile(name)
         assert from_config_dict(Profile, config_dict(p)) == p and config_hash(from_config_dict(Profile, config_dict(p))) == config_hash(p)

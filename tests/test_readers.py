@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from udet_core.data import DataError, read_diffusionforensics, read_fakeclue, read_real_fake_folders
+from udet_core.data import (
+    DataError,
+    read_diffusionforensics,
+    read_fakeclue,
+    read_real_fake_folders,
+)
 from udet_core.data.manifest import COLUMNS, read_manifest, write_manifest
 
 

@@ -7,9 +7,15 @@ import pytest
 import torch
 
 from udet_core.models.backbones import load_image_variation
-from udet_core.models.real_architecture import (block_structure, meta_architecture, parameter_counts, parse_modules,
-                                                real_architecture_bench, save_real_architecture,
-                                                training_memory_estimate)
+from udet_core.models.real_architecture import (
+    block_structure,
+    meta_architecture,
+    parameter_counts,
+    parse_modules,
+    real_architecture_bench,
+    save_real_architecture,
+    training_memory_estimate,
+)
 
 
 def test_sd_v1_widths_are_the_checkpoints_sizes():

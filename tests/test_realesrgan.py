@@ -3,7 +3,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from udet_core.models.realesrgan import RealESRGAN, model_files, realesrgan_fakes, weights_sha256
+from udet_core.models.realesrgan import (
+    RealESRGAN,
+    model_files,
+    realesrgan_fakes,
+    weights_sha256,
+)
 
 pytest.importorskip("ncnn")   # the module itself imports ncnn lazily
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from udet_core.train import Objective, fit
+from udet_core.engine.train import Objective, fit
 
 
 def _setup():
@@ -89,7 +89,7 @@ class _WithBadFile(torch.utils.data.Dataset):
 def test_a_bad_file_is_reported_once_logged_and_skipped(tmp_path, capsys):
     """A data set example that cannot be read (read by 2 DataLoader workers) is reported once, logged in the
     history (so a resumed run still knows it), and left out of the batches that drew it; training goes on."""
-    from udet_core.train import StepBatches, skipped_files
+    from udet_core.engine.train import StepBatches, skipped_files
     model, data = _setup()
     hist = fit({"net": model}, [_objective(model)], _WithBadFile(data), steps=8, batch_size=16, seed=3,
                progress=False, num_workers=2)

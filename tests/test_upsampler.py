@@ -7,8 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from udet_core.upsampler import (DECODERS, STAGES, ablation_figure, train_decoder, transposed_conv_decoder,
-                                 upsampler_ablation, upsamplers)
+from udet_core.study.upsampler import (
+    DECODERS,
+    STAGES,
+    ablation_figure,
+    train_decoder,
+    transposed_conv_decoder,
+    upsampler_ablation,
+    upsamplers,
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +73,16 @@ def test_ablation_reports_both_decoders_with_finite_numbers(tiny_wb, tiny):
     # nearest + conv is notebook 03's fitted CRAFT detector (not refitted); the transposed-conv one is fitted with
     # the same early stopping on the validation AUC
     import json
-    from udet_core.upsampler import ablation_artifact
+
+    from udet_core.study.upsampler import ablation_artifact
     history = json.loads((ablation_artifact(tiny, run_dir).path / "history.json").read_text())
     assert history["craft_nearest"] == [] and any("val_auc" in h for h in history["craft_transposed"])
 
 
 def test_round_trip_psnr_is_the_mean_per_image_psnr_of_the_vae_round_trip(vae, tiny):
-    from udet_core.metrics import psnr
+    from udet_core.engine.metrics import psnr
     from udet_core.models.sampling import vae_roundtrip
-    from udet_core.upsampler import round_trip_psnr
+    from udet_core.study.upsampler import round_trip_psnr
     x = torch.rand(4, 3, tiny.data.resolution, tiny.data.resolution) * 2 - 1
     with torch.no_grad():
         expected = psnr(x, vae_roundtrip(vae, x)).mean().item()
@@ -82,7 +90,7 @@ def test_round_trip_psnr_is_the_mean_per_image_psnr_of_the_vae_round_trip(vae, t
 
 
 def test_findings_answer_from_the_table_by_hand():
-    from udet_core.upsampler import findings
+    from udet_core.study.upsampler import findings
     near, trans = DECODERS["nearest"], DECODERS["transposed"]
     frozen, tuned = STAGES["frozen"], STAGES["tuned"]
     table = pd.DataFrame([

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from udet_core import viz
+from udet_core.study import viz
 
 RNG = np.random.default_rng(0)
 

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from udet_core import zoo
-from udet_core.data.images import DataError
+from udet_core.core.errors import DataError
+from udet_core.world import zoo
+from udet_core.world.weights import default_weights
 
 
 @pytest.fixture(scope="module")
 def tiny_zoo(tmp_path_factory):
-    from udet_core.profiles import get_profile
+    from udet_core.core.profiles import get_profile
     tiny = get_profile("tiny")
     p = replace(tiny, zoo=True, gduf=replace(tiny.gduf, pretrain_steps=4))
     root = tmp_path_factory.mktemp("zoo")
@@ -80,13 +81,13 @@ def test_a_model_built_on_a_retrained_dependency_is_refused(tiny_zoo, tmp_path):
 
 
 def test_a_run_starts_from_the_zoo(tiny_zoo, tmp_path, monkeypatch):
-    from udet_core.benchmark import benchmark_configs, build_benchmark
-    from udet_core.detectors import fitted
+    from udet_core.cli.reproduce import check_zoo
     from udet_core.data.manifest import load_images
-    from udet_core.runner import check_zoo
+    from udet_core.methods.base import fitted
+    from udet_core.world.benchmark import benchmark_configs, build_benchmark
     p, zoo_dir = tiny_zoo
     monkeypatch.setattr(zoo, "ZOO_DIR", zoo_dir)
-    monkeypatch.setattr("udet_core.profiles.PROFILES", {**__import__("udet_core.profiles").profiles.PROFILES,
+    monkeypatch.setattr("udet_core.core.profiles.PROFILES", {**__import__("udet_core.core.profiles").core.profiles.PROFILES,
                                                          "tiny-zoo": lambda: replace(p, name="tiny-zoo")})
     check_zoo("tiny-zoo")                                                     # verifies every model: no error
     bench = build_benchmark(p, tmp_path, progress=False)
@@ -95,9 +96,9 @@ def test_a_run_starts_from_the_zoo(tiny_zoo, tmp_path, monkeypatch):
     assert g.image_variation_path == zoo_dir / "sdiv-train" / "pipeline"
     assert benchmark_configs(p)[-1]["zoo"]["dcgan"] == zoo.content_key(p, "dcgan")
     images, df, _ = load_images(bench.manifest)
-    det = fitted("unigendet", p, tmp_path, images, df, seed=0)
+    det = fitted("unigendet", p, tmp_path, images, df, seed=0, weights=default_weights(p, tmp_path))
     pretrained = zoo.path(p, "unified") / "unigendet"
-    from udet_core.gduf import UniGenDet
+    from udet_core.methods.gduf import UniGenDet
     start = UniGenDet.load(pretrained)
     assert det.model.tokenizer.get_vocab() == start.tokenizer.get_vocab()   # fine-tuned from the pretrained model
     assert det.model.cfg.model == start.cfg.model and det.model.cfg.steps == p.gduf.steps

@@ -1,10 +1,8 @@
-"""One data-set spec accepted everywhere, read lazily from disk (torch `Dataset` + `DataLoader`).
-
-A spec is one of
-  - `udet-mini`: the embedded benchmark (synthetic stand-in), built or reused for the profile;
+"""Data sets on disk, read lazily (torch `Dataset` + `DataLoader`), named by a file spec, one of
   - a manifest CSV (`manifest.COLUMNS`);
   - a FakeClue JSON file (its rows are the train split if the file name contains "train", else the test split);
   - a folder in DiffusionForensics, GenImage or `0_real/1_fake` layout (detected; see `detect_layout`).
+(`world.specs` adds the name `udet-mini`, the embedded benchmark, which the world layer builds.)
 
 Images of any size reach a detector through one named resolution policy (`POLICIES`), recorded in every result's
 provenance: resizing rewrites exactly the high-frequency traces detectors read, so it is never done silently.
@@ -21,16 +19,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .images import DataError, center_crop_resize, load_rgb
-from .manifest import FAKE, REAL, SPLITS, read_manifest
-from .readers import read_diffusionforensics, read_fakeclue, read_genimage, read_real_fake_folders
+from udet_core.core.errors import DataError
+from udet_core.core.progress import tqdm
+from udet_core.data.images import center_crop_resize, load_rgb, to_tensor
+from udet_core.data.manifest import FAKE, REAL, SPLITS, read_manifest
+from udet_core.data.readers import (
+    read_diffusionforensics,
+    read_fakeclue,
+    read_genimage,
+    read_real_fake_folders,
+)
 
 POLICIES = {
     "center-crop": "the central SxS pixels at native scale (no resampling); smaller images are reported, not upscaled",
     "resize": "the largest central square, resampled (Lanczos) to SxS; upscales small images on request",
     "native": "native resolution, centre-cropped to a multiple of the model's down factor; batched one size at a time",
 }
-EMBEDDED = "udet-mini"
 
 
 # ------------------------------------------------------------------ resolution policies
@@ -88,16 +92,8 @@ def detect_layout(root) -> str:
                           + "; ".join(f"{k} ({v})" for k, v in LAYOUTS.items()))
 
 
-def read_spec(spec, p=None, run_dir=None) -> tuple[pd.DataFrame, dict]:
-    """(manifest, description) of a data-set spec (module docstring); `p` and `run_dir` only for `udet-mini`."""
-    if str(spec) == EMBEDDED:
-        from ..benchmark import build_benchmark
-        from ..profiles import get_profile
-        from ..runner import default_run_dir
-        p = p or get_profile("default")
-        bench = build_benchmark(p, run_dir or default_run_dir(p.name), progress=False)
-        return read_manifest(bench.manifest_path), {"spec": EMBEDDED, "layout": "udet-mini (synthetic stand-in)",
-                                                   "profile": p.name}
+def read_spec(spec) -> tuple[pd.DataFrame, dict]:
+    """(manifest, description) of a file spec (module docstring)."""
     path = Path(spec)
     if path.is_file() and path.suffix.lower() == ".csv":
         df, layout = read_manifest(path), "manifest CSV"
@@ -112,7 +108,7 @@ def read_spec(spec, p=None, run_dir=None) -> tuple[pd.DataFrame, dict]:
     elif path.exists():
         raise DataError(path, "not a data set: expected a manifest .csv, a FakeClue .json or a folder")
     else:
-        raise DataError(path, f"data set spec resolves to nothing: no such file or folder (or use {EMBEDDED!r})")
+        raise DataError(path, "data set spec resolves to nothing: no such file or folder")
     return df, {"spec": str(path.resolve()), "layout": layout}
 
 
@@ -206,7 +202,6 @@ class ImageDataset(torch.utils.data.Dataset):
     def load(self, progress: bool = False, batch_size: int = 64, num_workers: int = 0):
         """(uint8 array (n, S, S, 3) of the rows that loaded, those manifest rows, problems): the in-memory path,
         for sets that fit in memory (training sets at the model's input size)."""
-        from ..progress import tqdm
         images, index, problems = [], [], []
         for b in tqdm(self.loader(batch_size, num_workers), desc="load images", disable=not progress):
             images.append(b.images.numpy()), index.append(b.index.numpy()), problems.extend(b.problems)
@@ -260,7 +255,6 @@ class RowExamples(torch.utils.data.Dataset):
 def pixels(example: tuple, rng=None, size: int | None = None) -> tuple:
     """A `RowExamples` example with its image as float pixels (3, S, S) in [-1, 1] (`images.to_tensor`, resized to
     `size` if given): the `transform` of `train.fit` for models that read pixels (run in the DataLoader workers)."""
-    from .images import to_tensor
     return (to_tensor(example[0][None].numpy(), size=size)[0], *example[1:])
 
 
@@ -271,8 +265,9 @@ def collate(items: list[dict]) -> Batch:
                  [it["problem"] for it in items if it["image"] is None])
 
 
-def open_dataset(spec=EMBEDDED, *, size: int, policy: str = "center-crop", p=None, run_dir=None,
-                 multiple: int = 8, convert: bool = False) -> ImageDataset:
-    """The data set a spec names (module docstring), read lazily at the detector's input `size` under `policy`."""
-    df, description = read_spec(spec, p, run_dir)
+def open_dataset(spec, *, size: int, policy: str = "center-crop", multiple: int = 8,
+                 convert: bool = False) -> ImageDataset:
+    """The data set a file spec names (module docstring), read lazily at the detector's input `size` under
+    `policy`."""
+    df, description = read_spec(spec)
     return ImageDataset(df, size, policy, multiple, convert, description)

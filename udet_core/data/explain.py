@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .properties import high_frequency_ratio, periodic_peak_score
+from udet_core.data.properties import high_frequency_ratio, periodic_peak_score
 
 MECHANISM = {
     "gan": "A GAN generator that upsamples with transposed convolutions made it; such upsampling leaves a "

@@ -6,23 +6,18 @@ palette expansion, 16->8 bit rounding), so by default such images are refused wi
 """
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from udet_core.core.errors import DataError
+from udet_core.core.io import atomic_write_bytes
+from udet_core.core.paths import env_max_pixels, set_env_max_pixels
+from udet_core.core.progress import tqdm
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
-
-
-class DataError(ValueError):
-    """A problem with one input file; `path` names it, `problem` says what is wrong."""
-
-    def __init__(self, path, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
 
 
 _SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP",
@@ -88,17 +83,16 @@ def load_rgb(path, min_size: int = 0, convert: bool = False) -> np.ndarray:
 
 def set_max_pixels(n: int | None) -> None:
     """The largest image (in pixels) `load_rgb` decodes; larger files are bad files (PIL's decompression-bomb guard;
-    None: PIL's default, about 89 million). DataLoader workers inherit it (fork) or set it from `MAX_PIXELS_ENV`."""
+    None: PIL's default, about 89 million). DataLoader workers inherit it (fork) or read it back (`core.paths.env_max_pixels`)."""
     if n is not None:
         if n <= 0:
             raise DataError("--max-pixels", f"must be a positive number of pixels, got {n}")
         Image.MAX_IMAGE_PIXELS = int(n)
-        os.environ[MAX_PIXELS_ENV] = str(int(n))
+        set_env_max_pixels(int(n))
 
 
-MAX_PIXELS_ENV = "UDET_MAX_IMAGE_PIXELS"
-if os.environ.get(MAX_PIXELS_ENV, "").isdigit():
-    Image.MAX_IMAGE_PIXELS = int(os.environ[MAX_PIXELS_ENV])
+if env_max_pixels() is not None:   # a limit set by the parent process (`set_max_pixels`)
+    Image.MAX_IMAGE_PIXELS = env_max_pixels()
 
 
 def _mode_problem(mode: str, fmt: str | None) -> str:
@@ -137,7 +131,6 @@ def list_images(folder) -> list[Path]:
 
 def load_many(paths, min_size: int = 0, convert: bool = False, progress: bool = False):
     """Load many images, skipping bad ones. Returns (arrays, kept_indices, problems[(path, problem)])."""
-    from ..progress import tqdm
     arrays, kept, problems = [], [], []
     for i, p in enumerate(tqdm(list(paths), desc="load images", disable=not progress)):
         try:
@@ -176,7 +169,7 @@ def center_crop_resize(a: np.ndarray, size: int) -> np.ndarray:
 def save_png(a: np.ndarray, path) -> Path:
     """Save a uint8 RGB array as PNG atomically."""
     import io
-    from ..runs import atomic_write_bytes
+
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, format="PNG")
     return atomic_write_bytes(path, buf.getvalue())

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .images import DataError
+from udet_core.core.errors import DataError
+from udet_core.core.io import atomic_write_text
+from udet_core.data.images import load_many
 
 COLUMNS = ("path", "label", "family", "generator", "domain", "split", "role", "source", "seed",
            "caption", "explanation")
@@ -59,7 +61,6 @@ def validate(df: pd.DataFrame, where="manifest") -> pd.DataFrame:
 
 
 def write_manifest(df: pd.DataFrame, path) -> Path:
-    from ..runs import atomic_write_text
     validate(df, path)
     return atomic_write_text(path, df.to_csv(index=False))
 
@@ -85,7 +86,7 @@ def load_images(df: pd.DataFrame, progress: bool = False):
     Returns (uint8 array (n, H, W, 3), the manifest rows that loaded, problems [(path, problem)]).
     """
     import numpy as np
-    from .images import load_many
+
     arrays, kept, problems = load_many(df["path"], progress=progress)
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .images import DataError, list_images
-from .manifest import FAKE, REAL, SPLITS, new_manifest, validate
+from udet_core.core.errors import DataError
+from udet_core.data.images import list_images
+from udet_core.data.manifest import FAKE, REAL, SPLITS, new_manifest, validate
 
 
 def read_diffusionforensics(root) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Model builders: tiny-from-config or pretrained-from-path backbones, generators, samplers."""
+"""Layer 3, models: tiny-from-config or pretrained-from-path backbones, generators, samplers."""
 
 # Loading bars of diffusers/transformers clutter headless logs; the workbench shows its own progress.
 from diffusers.utils import logging as _dlog  # noqa: E402

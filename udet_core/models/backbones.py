@@ -11,7 +11,12 @@ from pathlib import Path
 
 import torch
 
-from ..profiles import ImageVariationConfig, PixelDiffusionConfig, VAEConfig
+from udet_core.core.errors import DataError
+from udet_core.core.profiles import (
+    ImageVariationConfig,
+    PixelDiffusionConfig,
+    VAEConfig,
+)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -29,7 +34,11 @@ def build_vae(cfg: VAEConfig, resolution: int):
 
 def build_clip_vision(cfg: ImageVariationConfig, resolution: int):
     """CLIP vision encoder with projection (the image conditioner of SD Image Variations) + its processor."""
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
     config = CLIPVisionConfig(hidden_size=cfg.clip_hidden_size, intermediate_size=4 * cfg.clip_hidden_size,
                               num_hidden_layers=cfg.clip_layers, num_attention_heads=cfg.clip_heads,
                               image_size=resolution, patch_size=cfg.clip_patch_size, projection_dim=cfg.projection_dim)
@@ -133,7 +142,7 @@ def build_image_variation(cfg: ImageVariationConfig, vae, resolution: int) -> Im
 def load_image_variation(path) -> ImageVariation:
     """Load a StableDiffusionImageVariationPipeline folder (the stand-in or a real checkpoint) from disk."""
     from diffusers import DDIMScheduler, StableDiffusionImageVariationPipeline
-    from ..data.images import DataError
+
     path = Path(path)
     if not (path / "model_index.json").is_file():
         raise DataError(path, "not a diffusers pipeline folder (model_index.json missing)")

@@ -11,6 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from udet_core.data.images import to_tensor
+from udet_core.data.sources import PHOTOS
+
 INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"   # torchvision's ImageNet Inception-v3 (used when in the hub cache)
 
 
@@ -34,28 +37,8 @@ class FeatureNet(nn.Module):
     @torch.no_grad()
     def features(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """uint8 (N, H, W, 3) -> (N, feature_dim) features."""
-        from ..data.images import to_tensor
         self.eval()
         return torch.cat([self.body(b) for b in to_tensor(images).split(batch_size)]).numpy()
-
-
-def train_featnet(resolution: int, steps: int, seed: int = 0, n_crops: int = 4096, out_dir=None,
-                  progress: bool = False, feature_dim: int = 32) -> tuple[FeatureNet, list[dict]]:
-    """Train the feature network on random multi-scale crops of every bundled photograph (source classification)."""
-    import torch.nn.functional as F
-    from ..data.images import to_tensor
-    from ..data.sources import PHOTOS, random_crops
-    from ..train import Objective, fit
-    names = sorted(PHOTOS)
-    crops, meta = random_crops(names, n_crops, resolution, (0.12, 0.25, 0.5, 1.0), np.random.default_rng([seed, 7]))
-    y = torch.tensor([names.index(m["source"]) for m in meta])
-    torch.manual_seed(seed)
-    net = FeatureNet(len(names), feature_dim=feature_dim)
-    obj = Objective("featnet", lambda m, b: F.cross_entropy(m["net"](b[0]), b[1]), [{"params": net.parameters()}],
-                    lr=2e-3)
-    history = fit({"net": net}, [obj], (to_tensor(crops), y), steps=steps, batch_size=64, seed=seed, out_dir=out_dir,
-                  checkpoint_every=100, desc="feature net", progress=progress)
-    return net.eval(), history
 
 
 def save_featnet(net: FeatureNet, folder) -> None:
@@ -65,7 +48,7 @@ def save_featnet(net: FeatureNet, folder) -> None:
 
 def load_featnet(folder) -> FeatureNet:
     from safetensors.torch import load_file
-    from ..data.sources import PHOTOS
+
     state = load_file(str(Path(folder) / "featnet.safetensors"))
     net = FeatureNet(len(PHOTOS), feature_dim=state["head.weight"].shape[1])
     net.load_state_dict(state)

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from .backbones import CLIP_MEAN, CLIP_STD, ImageVariation
+from udet_core.data.synthetic import synthetic_tree
+from udet_core.models.backbones import CLIP_MEAN, CLIP_STD, ImageVariation
 
 # ------------------------------------------------------------------ the architecture (fixed) and its widths (named)
 
@@ -267,8 +268,6 @@ def real_architecture_bench(out_dir, widths="sd-v1", size: int = 256, modules=("
     `budget_mb` is not run (its row says so). Each choice has its own run directory, so none reuses another's cached
     real centre or frozen-prefix latents (timings are cold). Logs in `out_dir/logs`, rows in `out_dir/bench.json`."""
     import udet_core
-
-    from ..bench import synthetic_tree
     out = Path(out_dir).resolve()
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)

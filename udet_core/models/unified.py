@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..profiles import UnifiedConfig
+from udet_core.core.profiles import BAGEL_7B_MOT, UnifiedConfig
 
 IMAGE, TEXT = "image", "text"
 PAD, EOS, ANSWER = "<|pad|>", "<|endoftext|>", "<|answer|>"
@@ -187,9 +187,16 @@ class UnifiedModel(nn.Module):
         missing = [k for k in ("vocab_size", "vit_image_size", "latent_grid") if getattr(cfg, k) is None]
         if missing:
             raise ValueError(f"UnifiedConfig needs {missing}; build it with models.unified.resolve()")
-        from diffusers.models.embeddings import TimestepEmbedding, Timesteps, get_2d_sincos_pos_embed
+        from diffusers.models.embeddings import (
+            TimestepEmbedding,
+            Timesteps,
+            get_2d_sincos_pos_embed,
+        )
         from transformers import SiglipVisionModel
-        from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm, Qwen2RotaryEmbedding
+        from transformers.models.qwen2.modeling_qwen2 import (
+            Qwen2RMSNorm,
+            Qwen2RotaryEmbedding,
+        )
         self.cfg = cfg
         c, H = qwen2_config(cfg), cfg.hidden_size
         self.embed_tokens = nn.Embedding(cfg.vocab_size, H)
@@ -307,7 +314,7 @@ def paper_model_parameters(cfg: UnifiedConfig | None = None, with_vae: bool = Tr
     """Build the paper's model (BAGEL-7B-MoT sizes) on the meta device and count its parameters by component;
     with `with_vae`, also the FLUX-sized AutoencoderKL (16 latent channels) that encodes its latents."""
     from accelerate import init_empty_weights
-    from ..profiles import BAGEL_7B_MOT
+
     cfg = cfg or BAGEL_7B_MOT
     with init_empty_weights():
         counts = count_parameters(UnifiedModel(cfg))

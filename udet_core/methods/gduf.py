@@ -17,14 +17,33 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .detectors import Detector, register
-from .losses import (flow_matching_loss, flow_matching_noisy, gduf_cls_loss, gduf_explanation_loss,
-                     gduf_total_loss)
-from .models.unified import ANSWER, CAPTION_INSTRUCTION, INSTRUCTION, UnifiedModel, resolve
-from .profiles import GdufConfig, UnifiedConfig
-from .progress import tqdm
-from .runs import PeakRSS, array_key, atomic_write_json, checkpoint_meta
-from .train import Objective, balanced, fit
+from udet_core.core.errors import DataError
+from udet_core.core.io import atomic_write_json, atomic_write_text, checkpoint_meta
+from udet_core.core.keys import array_key, content_key
+from udet_core.core.profiles import GdufConfig, UnifiedConfig
+from udet_core.core.progress import tqdm
+from udet_core.core.provenance import PeakRSS
+from udet_core.data.dataset import ArrayDataset, RowExamples, pixels
+from udet_core.data.explain import MECHANISM, explain, reference_stats
+from udet_core.data.images import to_tensor, to_uint8
+from udet_core.engine.losses import (
+    flow_matching_loss,
+    flow_matching_noisy,
+    gduf_cls_loss,
+    gduf_explanation_loss,
+    gduf_total_loss,
+)
+from udet_core.engine.train import Objective, balanced, fit
+from udet_core.methods.base import Detector, register
+from udet_core.models.sampling import seeded_noise
+from udet_core.models.unified import (
+    ANSWER,
+    CAPTION_INSTRUCTION,
+    INSTRUCTION,
+    UnifiedModel,
+    build_tokenizer,
+    resolve,
+)
 
 
 def gduf_config_from_dict(d: dict) -> GdufConfig:
@@ -41,7 +60,6 @@ class UniGenDet:
     @classmethod
     def build(cls, cfg: GdufConfig, vae, texts, resolution: int) -> "UniGenDet":
         """A random-init model sized by `cfg.model`, with a byte-level BPE trained on `texts`."""
-        from .models.unified import build_tokenizer
         tok = build_tokenizer(list(texts) + [INSTRUCTION], cfg.vocab_size)
         model_cfg = resolve(cfg.model, len(tok), resolution, vae)
         return cls(replace(cfg, model=model_cfg), UnifiedModel(model_cfg), tok, vae)
@@ -110,7 +128,6 @@ class UniGenDet:
                 zb = self.latents(self._pixels(b.images.numpy()))
                 z = torch.zeros((len(ds), *zb.shape[1:])) if z is None else z
                 z[b.index], ok[b.index] = zb, True
-        from .data.dataset import RowExamples
         idx, task = self.training_rows(y, seed)
         idx, task = idx[ok[idx]], task[ok[idx]]
         return RowExamples(ds, z[idx], y[idx], self.answer_ids(df["explanation"])[idx],
@@ -119,7 +136,7 @@ class UniGenDet:
     def training_transform(self):
         """The `train.fit` transform of `training_examples`: pixels at the ViT input size."""
         from functools import partial
-        from .data.dataset import pixels
+
         return partial(pixels, size=self.model.cfg.vit_image_size)
 
     def pretraining_tensors(self, crops: np.ndarray, captions) -> tuple:
@@ -194,7 +211,6 @@ class UniGenDet:
         return torch.cat(probs).numpy()
 
     def _pixels(self, images: np.ndarray) -> torch.Tensor:
-        from .data.images import to_tensor
         return to_tensor(images, size=self.model.cfg.vit_image_size)
 
     def detection_prefix(self, x: torch.Tensor, cache: list | None = None, hidden_layers=()) -> dict:
@@ -241,8 +257,6 @@ class UniGenDet:
     def generate(self, prompts, seeds, steps: int | None = None) -> np.ndarray:
         """Integrate the flow ODE dx/dt = v(x, t | caption) from noise (t=1) to data (t=0) with Euler steps
         (`gen_steps`, paper 50), decode with the VAE; returns uint8 images (N, H, W, 3)."""
-        from .data.images import to_uint8
-        from .models.sampling import seeded_noise
         m = self.model.cfg
         cap = self.caption_ids(prompts)
         z = seeded_noise((m.latent_channels, m.latent_grid, m.latent_grid), seeds)
@@ -284,7 +298,6 @@ class UniGenDet:
 def pretraining_texts(crops: np.ndarray, captions) -> list[str]:
     """What the pretrained tokenizer learns from: the captions, the instructions, and explanation templates of every
     family (evidence measured on the crops), so that GDUF's answers tokenise as compactly as its captions."""
-    from .data.explain import MECHANISM, explain, reference_stats
     ref = reference_stats(crops)
     return [*captions, INSTRUCTION, CAPTION_INSTRUCTION,
             *[t for fam in ("real", *MECHANISM) for t in explain(crops[:64], fam, ref)]]
@@ -320,14 +333,6 @@ def from_pretrained(cfg: GdufConfig, folder) -> UniGenDet:
     ug.cfg = replace(cfg, model=ug.cfg.model)
     ug.model.train()
     return ug
-
-
-def pretrained_model(p) -> UniGenDet | None:
-    """The zoo's pretrained unified model before any GDUF (None when the profile trains from scratch)."""
-    if not p.zoo:
-        return None
-    from . import zoo
-    return UniGenDet.load(zoo.path(p, "unified") / "unigendet")
 
 
 def resolve_free(m: UnifiedConfig) -> UnifiedConfig:
@@ -369,36 +374,32 @@ class UniGenDetDetector(Detector):
     """UniGenDet (GDUF stage) in the common protocol: trained on the given rows with their explanations and
     captions; the detection head's P(fake) is the score. The saved folder is a complete UniGenDet checkpoint."""
 
-    def __init__(self, p, run_dir, backbone=None):
-        super().__init__(p, run_dir, backbone)
+    def __init__(self, p, run_dir, backbone=None, weights=None):
+        super().__init__(p, run_dir, backbone, weights)
         self.cfg, self.model, self.history = p.gduf, None, []
 
     needs_explanations = True
+    weights_needed = ("unified", "vae")   # fine-tunes `unified` when handed one; else builds on `vae` from scratch
 
     def config(self):
-        if self.p.zoo:
-            from . import zoo
-            return {"gduf": asdict(self.cfg), "pretrained": zoo.content_key(self.p, "unified")}
-        return self.cfg
+        if self.weights.unified:
+            return {"gduf": asdict(self.cfg), "pretrained": content_key(self.weights.unified)}
+        return {"gduf": asdict(self.cfg), "vae": content_key(self.weights.folder("vae", self.name))}
 
     def fit(self, train, *, seed, out_dir, progress=False, val=None, workers=0):
         df = train.manifest
         missing = int((df["explanation"].fillna("") == "").sum())
         if missing:
-            from .data.images import DataError
             raise DataError("training rows", f"UniGenDet learns to explain: {missing} of {len(df)} rows have no "
                                              "explanation (udet-mini and FakeClue JSON have them; folder layouts do not)")
         torch.manual_seed(seed)
-        if self.p.zoo:   # fine-tune the pretrained unified model, as the paper fine-tunes BAGEL
-            from . import zoo
-            self.model = from_pretrained(self.cfg, zoo.path(self.p, "unified") / "unigendet")
+        if self.weights.unified:   # fine-tune the pretrained unified model, as the paper fine-tunes BAGEL
+            self.model = from_pretrained(self.cfg, self.weights.unified)
         else:
             from diffusers import AutoencoderKL
-            from .detectors import default_generators
-            vae = AutoencoderKL.from_pretrained(str(default_generators(self.p, self.run_dir).vae_path))
+            vae = AutoencoderKL.from_pretrained(str(self.weights.folder("vae", self.name)))
             texts = list(df["explanation"]) + list(df.loc[df["label"] == 0, "caption"])
             self.model = UniGenDet.build(self.cfg, vae, texts, self.p.data.resolution)
-        from .data.dataset import ArrayDataset
         with PeakRSS() as mem:
             if isinstance(train, ArrayDataset):   # in memory (the notebooks)
                 data = self.model.training_tensors(train.images, df, seed)
@@ -432,8 +433,7 @@ class UniGenDetDetector(Detector):
 
 def cached_answers(det: UniGenDetDetector, images: np.ndarray, progress: bool = False) -> pd.DataFrame:
     """`det.model.detect(images)` (head probability + decoded explanation), kept in the fitted detector's folder
-    under a hash of the images, like `detectors.cached_scores`."""
-    from .runs import atomic_write_text
+    under a hash of the images, like `methods.base.cached_scores`."""
     path = Path(det.folder) / "answers" / f"{array_key(images)}.csv"
     if path.is_file():
         return pd.read_csv(path, keep_default_na=False)
@@ -442,18 +442,3 @@ def cached_answers(det: UniGenDetDetector, images: np.ndarray, progress: bool = 
     return out
 
 
-def explanation_eval(det: UniGenDetDetector, wb):
-    """Paper Table 1/6 metrics of a fitted UniGenDet on the test split, one row per summary subset: bAcc, F1,
-    ROUGE-L, CSS of the answers (and how many could not be parsed), beside the head's bacc/AP/AUC at the
-    validation threshold. Returns (rows, the answers with their test rows)."""
-    from .evaluation import summary_subsets
-    from .metrics import explanation_metrics, summary
-    x_test, test = wb.split("test")
-    out = cached_answers(det, x_test, wb.progress)
-    rows = []
-    for subset, m in summary_subsets(test).items():
-        y = test["label"].to_numpy()[m]
-        head = summary(y, out["prob_fake"].to_numpy()[m], det.threshold)
-        rows.append({"subset": subset, **explanation_metrics(y, list(test["explanation"][m]), list(out["explanation"][m])),
-                     "head_bacc": head["bacc"], "head_AP": head["AP"], "head_AUC": head["AUC"]})
-    return pd.DataFrame(rows), pd.concat([test, out.add_prefix("pred_")], axis=1)

@@ -22,17 +22,32 @@ import numpy as np
 import torch
 from torch import nn
 
-from .detectors import Detector, default_generators, register
-from .distances import distance_label, make_distance, resolved_name
-from .metrics import calibrate_threshold
-from .losses import craft_ce_loss, craft_cr_loss, craft_recon_loss, craft_total_loss
-from .models.backbones import ImageVariation, load_image_variation
-from .models.sampling import (ddim_invert, ddim_roundtrip, ddim_steps, decode_latent, encode_latent, inverse_scheduler,
-                              vae_roundtrip)
-from .profiles import CraftConfig, config_hash
-from .progress import tqdm
-from .runs import array_key, atomic_write_json, cached_tensors, checkpoint_meta, content_key, module_key
-
+from udet_core.core.errors import DataError
+from udet_core.core.io import atomic_write_json, checkpoint_meta
+from udet_core.core.keys import array_key, cached_tensors, content_key, module_key
+from udet_core.core.profiles import CraftConfig, config_hash
+from udet_core.core.progress import tqdm
+from udet_core.core.provenance import Timer
+from udet_core.data.dataset import ArrayDataset, RowExamples, pixels
+from udet_core.data.images import to_tensor
+from udet_core.engine.distances import distance_label, make_distance, resolved_name
+from udet_core.engine.losses import (
+    craft_ce_loss,
+    craft_cr_loss,
+    craft_recon_loss,
+    craft_total_loss,
+)
+from udet_core.engine.metrics import calibrate_threshold
+from udet_core.engine.train import Objective, balanced, fit
+from udet_core.methods.base import Detector, register
+from udet_core.models.backbones import ImageVariation, load_image_variation
+from udet_core.models.sampling import (
+    ddim_invert,
+    ddim_steps,
+    decode_latent,
+    encode_latent,
+    inverse_scheduler,
+)
 
 # ------------------------------------------------------------------ one equation, one function
 
@@ -307,7 +322,7 @@ class Craft:
         """A saved checkpoint; refuses (DataError) when the distance resolves to another network here than the one
         the classifier was trained on, or when the base backbone's content changed since training."""
         from safetensors.torch import load_file
-        from .data.images import DataError
+
         folder = Path(folder)
         meta = checkpoint_meta(folder, "craft.json", "CRAFT")
         cfg = CraftConfig(**meta["config"])
@@ -449,7 +464,7 @@ def train(model: Craft, x: torch.Tensor, y: torch.Tensor, *, seed: int, out_dir=
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
-    from .train import balanced
+
     acc = accelerator or Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     z = prefix_cache(model, x, model.cfg.eval_batch_size, progress=progress and acc.is_local_main_process,
                      cache_dir=cache_dir)
@@ -477,7 +492,6 @@ def fine_tune(model: Craft, data, loss, *, seed: int, out_dir, progress: bool, a
     """The fine-tuning loop of the suffix and the classifier (`train.fit`) on `data` (tensors or a data set of
     examples `loss` reads), selected on `val` = (x, y) from step 0 on and restored to its best check. The history
     starts with the step-0 check (the frozen pipeline; no loss) when there is a validation split."""
-    from .train import Objective, fit
     stopper = EarlyStopping(model, *val, cache_dir=cache_dir, train_probe=probe) \
         if val is not None and model.cfg.eval_every else None
     start = [{"step": 0, **stopper(0)}] if stopper is not None else []   # before fit: the frozen weights
@@ -504,9 +518,7 @@ def fit_craft_streamed(model: Craft, train, *, seed: int, out_dir, cache_dir, pr
     Returns (history, [(path, problem)] of the files that could not be read)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
-    from .data.dataset import RowExamples, pixels
-    from .data.images import to_tensor
-    from .train import balanced
+
     acc = accelerator or Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     c, show = model.cfg, progress and acc.is_local_main_process
     labels = torch.tensor(train.manifest["label"].to_numpy())
@@ -570,7 +582,6 @@ FAST_MODE = ("CRAFT-fast (a different detector: k inversion steps, perturbed at 
 
 def split_tensors(images: np.ndarray, df, split: str):
     """(x in [-1, 1], labels) of one split of a loaded manifest."""
-    from .data.images import to_tensor
     mask = (df["split"] == split).to_numpy()
     return to_tensor(images[mask]), torch.tensor(df["label"].to_numpy()[mask])
 
@@ -583,8 +594,6 @@ def fit_craft(model: Craft, images: np.ndarray, df, *, seed: int, out_dir, cache
     The real centre and the frozen-prefix cache are kept in `cache_dir` (keyed by what they depend on), so seeds
     and variants that agree on them share them.
     """
-    from .data.images import to_tensor
-    from .runs import Timer
     timer = timer or Timer()
     x, y = to_tensor(images), torch.tensor(df["label"].to_numpy())
     main = accelerator is None or accelerator.is_main_process
@@ -657,124 +666,7 @@ def latent_center_distance(model: Craft, x: torch.Tensor, batch_size: int = 64) 
     return np.concatenate([(model.invert(b) - model.mu).flatten(1).norm(dim=1).numpy() for b in x.split(batch_size)])
 
 
-DISTANCE_CANDIDATES = ("mse", "lpips-vgg")   # d(x, x_hat) candidates chosen between on the validation split
-
-
-def premise_check(wb, backbone=None, split: str = "test", distances=None):
-    """CRAFT's premise on the workbench's data set, before any fine-tuning: for the split's reals against each of its
-    families (and all fakes), the mean and AUC of ||z_T - mu_real|| (§3.2) and of the frozen pipeline's distance
-    d(x, x_hat) after the perturbation (Table 2's 'perturbation only' row), for each distance in `distances`
-    (default: the profile's). Long table, one row per score x distance x family. `backbone`: an SD Image Variation
-    folder (default: the workbench's detector backbone)."""
-    import pandas as pd
-    from sklearn.metrics import roc_auc_score
-    from .metrics import per_family_table
-    p, run_dir, images, df = wb.p, wb.run_dir, wb.images, wb.df
-    cfg = replace(p.craft, perturb=True, train_encoder=False, train_unet=False, train_decoder=False)
-    model = Craft.from_backbone(backbone or wb.backbone or default_generators(p, run_dir).backbone_path, cfg)
-    x_train, y_train = split_tensors(images, df, "train")
-    model.fit_center(x_train[y_train == 0], cfg.eval_batch_size, cache_dir=cache_dir(run_dir))
-    x, y = split_tensors(images, df, split)
-    y = y.numpy()
-    test = df[(df["split"] == split).to_numpy()].reset_index(drop=True)
-    z = prefix_cache(model, x, cfg.eval_batch_size, cache_dir=cache_dir(run_dir))
-    scores = {("||z_T - mu_real||", None): latent_center_distance(model, x, cfg.eval_batch_size)}
-    for name in distances or (cfg.distance,):
-        model.distance = make_distance(name, model.base.vae)
-        scores["d (frozen, perturbed)", distance_label(model.distance)] = \
-            model.score(x, batch_size=cfg.eval_batch_size, z=z)[1]
-    rows = []
-    for (name, dist), s in scores.items():
-        fam = per_family_table(test, s, split=split)
-        fam["mean_fake"] = fam["family"].map(pd.Series(s).groupby(test["family"]).mean())
-        every = {"family": "all fakes", "role": "all", "n_real": int((y == 0).sum()), "n_fake": int(y.sum()),
-                 "AUC": roc_auc_score(y, s), "mean_fake": s[y == 1].mean()}
-        rows.append(pd.concat([fam, pd.DataFrame([every])], ignore_index=True)
-                    .assign(score=name, distance=dist, mean_real=s[y == 0].mean()))
-    cols = ["score", "distance", "family", "role", "n_real", "n_fake", "mean_real", "mean_fake", "AUC"]
-    return pd.concat(rows, ignore_index=True)[cols]
-
-
-def premise_by_backbone(wb, distances=DISTANCE_CANDIDATES):
-    """`premise_check` for every candidate backbone and distance on the validation and the test split, one long
-    table with `backbone` and `split` columns: the workbench's backbone if it names one, else the profile's
-    stand-ins (`benchmark.candidate_backbones`)."""
-    import pandas as pd
-    from .benchmark import candidate_backbones
-    candidates = {Path(wb.backbone).name: wb.backbone} if wb.backbone else candidate_backbones(wb.p, wb.run_dir)
-    return pd.concat([premise_check(wb, path, split, distances).assign(backbone=name, split=split)
-                      for name, path in candidates.items() for split in ("val", "test")], ignore_index=True)
-
-
-def choose_pipeline(premise) -> dict:
-    """The backbone and distance whose frozen, perturbed reconstruction distance separates reals from all fakes best
-    on the validation split (AUC; the test split is never used to choose): {"backbone", "distance", "val_AUC"}."""
-    v = premise[(premise.split == "val") & (premise.family == "all fakes") & (premise.score == "d (frozen, perturbed)")]
-    best = v.loc[v["AUC"].idxmax()]
-    return {"backbone": str(best.backbone), "distance": str(best.distance), "val_AUC": float(best.AUC)}
-
-
-@torch.no_grad()
-def backbone_fidelity(base: ImageVariation, images: np.ndarray, df, n_steps: int, distance: str,
-                      per_group: int = 48, progress: bool = False):
-    """How faithfully a frozen backbone reconstructs each group of images (the premise of CRAFT's Figure 1): PSNR
-    (dB) and `distance` of the VAE round trip D(E(x)) and of the full n-step DDIM inversion + reconstruction, for
-    the test-domain reals, the train-domain reals of the validation split, and each family's test fakes."""
-    import pandas as pd
-    from .data.images import to_tensor
-    from .metrics import psnr
-    dist = make_distance(distance, base.vae)
-    groups = {"real (test domain)": (df.label == 0) & (df.split == "test"),
-              "real (train domain, val split)": (df.label == 0) & (df.split == "val")}
-    groups.update({f: (df.family == f) & (df.split == "test") for f in df.family.unique() if f != "real"})
-    rows = []
-    for name, mask in tqdm(groups.items(), desc="backbone fidelity", disable=not progress):
-        x = to_tensor(images[np.flatnonzero(mask.to_numpy())[:per_group]])
-        row = {"group": name, "n": len(x)}
-        for kind, rec in (("vae", vae_roundtrip(base.vae, x)), (f"ddim{n_steps}", ddim_roundtrip(base, x, n_steps))):
-            rec = rec.clamp(-1, 1)
-            row[f"{kind}_psnr_db"] = float(psnr(x, rec).mean())
-            row[f"{kind}_{distance_label(dist)}"] = float(torch.cat([dist(a, b) for a, b in
-                                                                   zip(x.split(64), rec.split(64))]).mean())
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 # ------------------------------------------------------------------ ablations (notebook 04)
-
-def scaled_k(k_of_50: int, n_steps: int) -> int:
-    """A paper k (of 50 DDIM steps) at the profile's step count: the same share of the trajectory, at least 1."""
-    return max(1, min(n_steps, round(k_of_50 * n_steps / 50)))
-
-
-def ablation_variants(p) -> dict[str, dict[str, CraftConfig]]:
-    """The CRAFT variants of paper Tables 2, 5 and 6 and of the lambda / m / delta sweeps (the groups named in
-    `p.ablation.groups`): each the profile's CraftConfig with one change (so the full-model rows are the same fitted
-    model as notebook 03's CRAFT); Table 5's 'w/o fine-tune' row is the Table 2 baseline, as in the paper."""
-    c, a = p.craft, p.ablation
-    frozen = dict(train_encoder=False, train_unet=False, train_decoder=False)
-    table2 = {"baseline (no fine-tune)": replace(c, perturb=False, **frozen),
-              "perturbation only": replace(c, **frozen)}
-    for on in (False, True):
-        for loss in ("l1", "l2", "cr"):
-            table2[f"{loss.upper()} + CE{' + perturbation' if on else ''}"] = replace(c, loss=loss, perturb=on)
-    table5 = {"w/o fine-tune": table2["baseline (no fine-tune)"]}   # as the paper's: its Table 2 baseline
-    for enc in (False, True):
-        for unet in (False, True):
-            for dec in (False, True):
-                if enc or unet or dec:
-                    name = " + ".join(n for n, on in (("encoder", enc), ("UNet", unet), ("decoder", dec)) if on)
-                    table5[name] = replace(c, train_encoder=enc, train_unet=unet, train_decoder=dec)
-    ks = sorted({scaled_k(k, c.n_steps) for k in a.k_of_50})
-    groups = {"table2": table2, "table5": table5,
-              "table6": {f"k={k} of {c.n_steps}": replace(c, k=k) for k in ks},
-              "lambda": {f"lambda={v:g}": replace(c, lam=v) for v in a.lams},
-              "margin": {f"m={v:g}": replace(c, m=v) for v in a.margins},
-              "delta": {f"delta={v:g}": replace(c, delta=v) for v in a.deltas}}
-    unknown = set(a.groups) - set(groups)
-    if unknown:
-        raise ValueError(f"unknown ablation groups {sorted(unknown)}; known: {list(groups)}")
-    return {g: v for g, v in groups.items() if g in a.groups}
 
 
 # ------------------------------------------------------------------ registry entry
@@ -785,9 +677,10 @@ class CraftDetector(Detector):
     folder is a complete CRAFT checkpoint (full- and fast-mode thresholds), usable by `detect`."""
 
     takes_backbone = "a StableDiffusionImageVariationPipeline folder"
+    weights_needed = ("image_variation",)
 
-    def __init__(self, p, run_dir, backbone=None):
-        super().__init__(p, run_dir, backbone)
+    def __init__(self, p, run_dir, backbone=None, weights=None):
+        super().__init__(p, run_dir, backbone, weights)
         self.cfg, self.model, self.fast = p.craft, None, False
 
     def config(self):
@@ -795,12 +688,11 @@ class CraftDetector(Detector):
                 "backbone": content_key(self._backbone())}
 
     def _backbone(self):
-        return self.single_backbone(self.backbone or default_generators(self.p, self.run_dir).backbone_path)
+        return self.single_backbone(self.backbone or self.weights.folder("image_variation", self.name))
 
     def fit(self, train, *, seed, out_dir, progress=False, val=None, workers=0):
         torch.manual_seed(seed)
         self.model = Craft.from_backbone(self._backbone(), self.cfg)
-        from .data.dataset import ArrayDataset
         val_images, val_df, problems = val.load(progress=progress, num_workers=workers)   # held for early stopping
         val = (val_images, val_df["label"].to_numpy())
         if isinstance(train, ArrayDataset):   # in memory (the notebooks): one prefix cache per array
@@ -819,7 +711,6 @@ class CraftDetector(Detector):
     def _scores(self, images, fast=False, progress=False, which: int = 0):
         """P(fake) (`which` 1: the distance d); the frozen prefix of these images is cached (shared by seeds and by
         variants that agree on it)."""
-        from .data.images import to_tensor
         x = to_tensor(images)   # at the input size the data set's resolution policy gave them
         z = prefix_cache(self.model, x, self.cfg.eval_batch_size, fast, progress,
                          cache_dir=cache_dir(self.run_dir) if self.use_cache else None)

@@ -8,7 +8,7 @@ from sklearn.metrics import average_precision_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..data.properties import log_spectrum
+from udet_core.data.properties import log_spectrum
 
 
 def spectral_features(images: np.ndarray) -> np.ndarray:

@@ -1,34 +1,66 @@
 """The detector registry: one small interface for every detector, so one evaluation makes every table.
 
 A detector is a class with
-  - `__init__(p, run_dir)`  its settings come from the profile; `run_dir` holds the benchmark's backbones;
+  - `__init__(p, run_dir, backbone, weights)`  its settings come from the profile; `run_dir` holds its caches;
+    `weights` (`Weights`) names the pretrained folders it starts from, handed in by the caller
+    (`world.weights.default_weights` for the stand-ins; a `backbone` replaces the one it reads);
   - `fit(train, seed, out_dir, progress, val, workers)`  train on a data set of rows (`data.dataset`: streamed
     from disk, or `ArrayDataset` in memory); training-free detectors set `trains = False` and inherit a `fit` that
     does nothing;
   - `score(images, progress) -> np.ndarray`  one score per image, higher = more likely fake;
-  - `save(folder)` / `load(folder, p, run_dir)`.
+  - `save(folder)` / `load(folder, p, run_dir)`;
+  - `weights_needed`: which `Weights` fields it reads when no `backbone` is given.
 and one registration: `@register("name")`. The harness (`fitted`) caches each fitted detector as an artifact,
 calibrates its decision threshold on the validation split (never the test split) and stores it with it.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import io
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .metrics import calibrate_threshold
-from .runs import PeakRSS, array_key, atomic_write_bytes, atomic_write_json
+from udet_core.core.errors import DataError
+from udet_core.core.io import atomic_write_bytes, atomic_write_json, checkpoint_meta
+from udet_core.core.keys import Artifact, array_key
+from udet_core.core.profiles import Profile, config_dict, from_config_dict, get_profile
+from udet_core.core.progress import tqdm
+from udet_core.core.provenance import PeakRSS
+from udet_core.data.dataset import ArrayDataset
+from udet_core.data.manifest import COLUMNS
+from udet_core.engine.metrics import calibrate_threshold
 
 DETECTORS: dict[str, type] = {}
 PROBABILITY_SCORES = ("craft", "dire", "cnnspot", "unigendet")   # scores in [0, 1] (AEROBLADE's is a distance)
-BUILTIN_MODULES = ("udet_core.craft", "udet_core.baselines.dire", "udet_core.baselines.aeroblade",
-                   "udet_core.baselines.cnnspot", "udet_core.gduf")
+BUILTIN_MODULES = ("udet_core.methods.craft", "udet_core.methods.dire", "udet_core.methods.aeroblade",
+                   "udet_core.methods.cnnspot", "udet_core.methods.gduf")
+
+
+WEIGHT_NAMES = ("image_variation", "vae", "unified")
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The pretrained folders detectors start from, handed in by whoever builds a detector (a method never looks
+    them up itself); recorded in the checkpoint, so a saved detector reloads with what it was trained on."""
+    image_variation: str | None = None   # a StableDiffusionImageVariationPipeline folder (CRAFT, DIRE)
+    vae: str | None = None               # an AutoencoderKL folder (AEROBLADE; UniGenDet's latents from scratch)
+    unified: str | None = None           # a pretrained UniGenDet folder that GDUF fine-tunes (None: from scratch)
+
+    def folder(self, name: str, who: str) -> Path:
+        """The folder of weight `name`; `DataError` naming the detector when none was handed in."""
+        value = getattr(self, name)
+        if not value:
+            raise DataError(name, f"{who} needs {name} weights and none were handed in: pass a backbone, or the "
+                                  "stand-ins of `udet_core.world.weights.default_weights`")
+        return Path(value)
 
 
 class Detector:
@@ -39,19 +71,19 @@ class Detector:
     use_cache = True     # detectors that cache per-image work (DIRE's reconstructions) honour this flag
     takes_backbone = ""  # what `backbone` (CLI --backbone) names for this detector; "" = it takes none
     needs_explanations = False   # trains on the manifest's reference explanations (UniGenDet)
+    weights_needed: tuple[str, ...] = ()   # the `Weights` fields it reads when no backbone is given
 
-    def __init__(self, p, run_dir, backbone=None):
-        """`backbone`: a path (or, for detectors built on several, a list of paths) replacing the profile's default
-        backbone; the stand-ins of the zoo / the run directory are just the defaults."""
+    def __init__(self, p, run_dir, backbone=None, weights: Weights | None = None):
+        """`backbone`: a path (or, for detectors built on several, a list of paths) replacing the default backbone
+        of `weights` (the zoo's / the run directory's stand-ins are just the defaults)."""
         if backbone and not self.takes_backbone:
-            from .data.images import DataError
             raise DataError(backbone if isinstance(backbone, str) else backbone[0], f"{self.name} takes no backbone")
         self.p, self.run_dir, self.backbone = p, Path(run_dir), backbone
+        self.weights = weights or Weights()
         self.bad_files: list[dict] = []   # {"path", "problem"} of the files fit and calibration skipped
 
     def single_backbone(self, default) -> Path:
         """The one diffusers pipeline folder this detector reads: the given `backbone`, else `default`."""
-        from .data.images import DataError
         b = self.backbone
         if isinstance(b, (list, tuple)):
             if len(b) != 1:
@@ -90,7 +122,6 @@ class Detector:
     def validation_scores(self, val, *, progress: bool = False, workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(scores, labels) of the rows of `val` that could be read: streamed through `score_dataset`, or, in
         memory (`ArrayDataset`), scored in one call (which shares per-array caches with early stopping)."""
-        from .data.dataset import ArrayDataset
         if isinstance(val, ArrayDataset):
             return np.asarray(self.score(val.images, progress=progress), float), val.manifest["label"].to_numpy()
         s, problems = score_dataset(self, val, batch_size=64, num_workers=workers, progress=progress)
@@ -106,13 +137,6 @@ class Detector:
         return cls(p, run_dir)
 
 
-def default_generators(p, run_dir):
-    """The profile's stand-in backbones (verified zoo models, or the run directory's own for profiles without a zoo),
-    without building the benchmark itself."""
-    from .benchmark import train_generators
-    return train_generators(p, run_dir, progress=False)
-
-
 def register(name: str):
     """Class decorator: make a Detector subclass available as `name`."""
     def deco(cls):
@@ -122,19 +146,28 @@ def register(name: str):
     return deco
 
 
-def detector_class(name: str) -> type:
+def list_detectors() -> list[str]:
+    """The registered detectors' names (the built-in ones and any registered since)."""
     for module in BUILTIN_MODULES:
         importlib.import_module(module)
-    if name not in DETECTORS:
-        raise ValueError(f"unknown detector {name!r}; registered: {sorted(DETECTORS)}")
+    return sorted(DETECTORS)
+
+
+def detector_class(name: str) -> type:
+    if name not in list_detectors():
+        raise ValueError(f"unknown detector {name!r}; registered: {list_detectors()}")
     return DETECTORS[name]
+
+
+def create_detector(name: str, p, run_dir, backbone=None, weights: Weights | None = None) -> Detector:
+    """A new, unfitted detector `name` with the profile's settings (timm's `create_model`)."""
+    return detector_class(name)(p, run_dir, backbone, weights)
 
 
 def rows_key(df: pd.DataFrame, images: np.ndarray) -> str:
     """Which rows a detector was fitted on, by content (part of its artifact key): the images' bytes and the
     manifest's own columns but the path, so a run directory moved or copied elsewhere keeps its cached detectors, and
     columns a notebook derives (e.g. `content`) do not change the key."""
-    from .data.manifest import COLUMNS
     table = df[[c for c in COLUMNS if c != "path" and c in df.columns]].to_csv(index=False).encode()
     return hashlib.sha256(array_key(images).encode() + table).hexdigest()[:10]
 
@@ -174,17 +207,17 @@ def scoring_cost(det: Detector, images: np.ndarray) -> dict:
 
 
 def fitted(name: str, p, run_dir, images: np.ndarray, df: pd.DataFrame, *, seed: int, train_mask=None,
-           val_mask=None, progress: bool = False, force: bool = False, backbone=None) -> Detector:
+           val_mask=None, progress: bool = False, force: bool = False, backbone=None,
+           weights: Weights | None = None) -> Detector:
     """The detector `name` (on `backbone`, default the profile's stand-in) fitted on the train rows (default:
     split == train) with this seed, its threshold calibrated on the val rows (default: split == val); cached under
     `<run_dir>/artifacts/det-<name>-<hash>` (the key holds the backbone's content)."""
-    from .data.dataset import ArrayDataset
     train_mask = (df["split"] == "train").to_numpy() if train_mask is None else np.asarray(train_mask)
     val_mask = (df["split"] == "val").to_numpy() if val_mask is None else np.asarray(val_mask)
-    det = detector_class(name)(p, run_dir, backbone)
+    det = create_detector(name, p, run_dir, backbone, weights)
     art = detector_artifact(det, images, df, seed, train_mask, val_mask)
     if art.done and not force:
-        return load_detector(art.path, run_dir, p)
+        return load_detector(art.path, run_dir, p, weights)
     out = art.begin()
     det = fit_detector(det, ArrayDataset(images[train_mask], df[train_mask]),
                        ArrayDataset(images[val_mask], df[val_mask]), seed=seed, out=out, progress=progress)
@@ -194,12 +227,10 @@ def fitted(name: str, p, run_dir, images: np.ndarray, df: pd.DataFrame, *, seed:
 
 
 def detector_artifact(det: Detector, images: np.ndarray, df: pd.DataFrame, seed: int, train_mask, val_mask):
-    """The cache folder of a detector fitted on these rows: the one key recipe of every artifact
-    (`benchmark.method_artifact`: the profile's benchmark configs) + the detector's config (its backbones' content
-    keys included) + the seed + the content of the train and validation rows."""
-    from .benchmark import method_artifact
-    return method_artifact(det.run_dir, f"det-{det.name}", det.p, det.config(), seed,
-                           rows_key(df[train_mask], images[train_mask]), rows_key(df[val_mask], images[val_mask]))
+    """The cache folder of a detector fitted on these rows, keyed by content: the detector's config (its weights'
+    content keys included) + the seed + the content of the train and validation rows."""
+    return Artifact(det.run_dir, f"det-{det.name}", det.config(), seed,
+                    rows_key(df[train_mask], images[train_mask]), rows_key(df[val_mask], images[val_mask]))
 
 
 def fit_detector(det: Detector, train, val, *, seed: int, out, progress: bool = False, workers: int = 0,
@@ -208,7 +239,7 @@ def fit_detector(det: Detector, train, val, *, seed: int, out, progress: bool = 
     threshold on the data set `val`, and save it into `out` as a checkpoint `load_detector` reads: the detector's
     files + detector.json (name, threshold, seed, the whole profile, config, backbone, `extra`)."""
     from accelerate import PartialState
-    from .profiles import config_dict
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -220,6 +251,7 @@ def fit_detector(det: Detector, train, val, *, seed: int, out, progress: bool = 
         atomic_write_json(out / "detector.json", {
             "name": det.name, "threshold": det.threshold, "seed": seed, "fit_s": det.fit_s, "info": info,
             "profile": config_dict(det.p), "config": _jsonable(det.config()), "backbone": det.backbone,
+            "weights": dataclasses.asdict(det.weights),
             "run_dir": str(det.run_dir.resolve()), "bad_files": list({b["path"]: b for b in det.bad_files}.values()),
             **(extra or {})})
     det.folder = out
@@ -228,19 +260,17 @@ def fit_detector(det: Detector, train, val, *, seed: int, out, progress: bool = 
 
 def _jsonable(x):
     import dataclasses
-    from .profiles import config_dict
+
     return config_dict(x) if dataclasses.is_dataclass(x) else json.loads(json.dumps(x, default=str))
 
 
-def load_detector(folder, run_dir=None, p=None) -> Detector:
+def load_detector(folder, run_dir=None, p=None, weights: Weights | None = None) -> Detector:
     """Any registered detector's checkpoint (a folder with detector.json): rebuilt with the profile (unless `p` is
-    given), run directory (where profiles without a zoo keep their stand-in backbones) and backbone it was trained
-    with. `DataError` when the folder is no checkpoint, or when what the detector depends on (its config, its
+    given), run directory (its caches), backbone and weights it was trained with (unless `weights` is given).
+    `DataError` when the folder is no checkpoint, or when what the detector depends on (its config, its
     backbone's content, the distance network) differs here from what it was trained with."""
-    from .data.images import DataError
-    from .profiles import Profile, from_config_dict, get_profile
-    from .runs import checkpoint_meta
     import math
+
     folder = Path(folder)
     meta = checkpoint_meta(folder, "detector.json", "detector")
     try:
@@ -260,6 +290,10 @@ def load_detector(folder, run_dir=None, p=None) -> Detector:
         raise DataError(folder, f"its recorded profile does not fit this code version ({e})") from None
     det = cls.load(folder, p, run_dir or meta.get("run_dir") or folder)
     det.backbone = meta.get("backbone")
+    try:
+        det.weights = weights or Weights(**(meta.get("weights") or {}))
+    except TypeError as e:
+        raise DataError(folder / "detector.json", f"its weights record does not fit this code version ({e})") from None
     if meta.get("config") is not None and _jsonable(det.config()) != meta["config"]:
         raise DataError(folder, f"this {meta['name']} checkpoint was trained with other settings or backbone content "
                                 "than it would load with here (detector.json's config differs): retrain it")
@@ -278,7 +312,7 @@ def score_dataset(det: Detector, ds, *, batch_size: int = 64, num_workers: int =
     import torch
     from accelerate import PartialState
     from accelerate.utils import gather_object
-    from .progress import tqdm
+
     state = accelerator.state if accelerator is not None else PartialState()
     rows = np.array_split(np.arange(len(ds)), state.num_processes)[state.process_index]
     loader = ds.loader(batch_size, num_workers, pin_memory=torch.cuda.is_available(), rows=rows)

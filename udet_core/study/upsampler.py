@@ -18,8 +18,20 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .data.images import to_uint8
-from .data.properties import log_spectrum, periodic_peak_score
+from udet_core.core.io import atomic_write_json, atomic_write_text
+from udet_core.core.keys import content_key
+from udet_core.core.provenance import Timer
+from udet_core.data.images import to_uint8
+from udet_core.data.properties import log_spectrum, periodic_peak_score
+from udet_core.engine.distances import resolved_name
+from udet_core.engine.metrics import psnr
+from udet_core.engine.train import Objective, fit
+from udet_core.methods.craft import Craft, fit_craft, prefix_cache, split_tensors
+from udet_core.models.backbones import load_image_variation
+from udet_core.models.sampling import vae_roundtrip
+from udet_core.world.benchmark import method_artifact
+from udet_core.world.trainers import VAEWithKL, generator_pool, vae_loss
+from udet_core.world.weights import default_weights
 
 DECODERS = {"nearest": "nearest + conv (SD)", "transposed": "transposed conv (paper's explanation)"}
 STAGES = {"frozen": "frozen", "tuned": "CRAFT fine-tuned"}
@@ -48,11 +60,10 @@ def transposed_conv_decoder(vae, seed: int = 0):
 
 
 def train_decoder(p, vae, x: torch.Tensor, out_dir=None, progress: bool = True) -> list[dict]:
-    """Train `vae`'s decoder in place on crops `x` with `benchmark.train_vae`'s loss (L1 + L2 + a small KL), the
+    """Train `vae`'s decoder in place on crops `x` with `world.trainers.train_vae`'s loss (L1 + L2 + a small KL), the
     encoder frozen and the current decoder weights as start (§4.3 ablation); returns the per-step history."""
     import functools
-    from .benchmark import VAEWithKL, vae_loss
-    from .train import Objective, fit
+
     cfg = p.upsampler
     vae.requires_grad_(False)
     for module in (vae.decoder, vae.post_quant_conv):
@@ -70,8 +81,6 @@ def train_decoder(p, vae, x: torch.Tensor, out_dir=None, progress: bool = True) 
 def round_trip_psnr(vae, x: torch.Tensor) -> float:
     """Mean per-image PSNR (dB) of the VAE round trip D(E(x)) (`models.sampling.vae_roundtrip`): the decoder's
     quality, measured as notebook 00's fidelity table measures it."""
-    from .metrics import psnr
-    from .models.sampling import vae_roundtrip
     with torch.no_grad():
         return float(psnr(x, vae_roundtrip(vae, x)).mean())
 
@@ -83,7 +92,6 @@ def craft_reconstructions(p, base, images: np.ndarray, df, tuned=None, out_dir=N
     on the val rows (as notebook 03's detector), or the already fine-tuned Craft `tuned`; then the test rows are
     reconstructed by the frozen and the fine-tuned pipeline from the same perturbed latents (§4.3 ablation).
     Returns {stage: {"x_hat": uint8 (N, H, W, 3), "d": (N,), "val_psnr_db": the stage decoder's PSNR}, "history"}."""
-    from .craft import Craft, fit_craft, prefix_cache, split_tensors
     cfg = p.craft
     torch.manual_seed(p.seed)
     history = []
@@ -125,12 +133,8 @@ def reconstruction_scores(images: np.ndarray, y: np.ndarray, d: np.ndarray | Non
 
 def ablation_artifact(p, run_dir):
     """The ablation's cache folder, keyed by its and CRAFT's configs, the distance CRAFT resolves to here, the base
-    backbone's content and the benchmark's configs (`benchmark.method_artifact`)."""
-    from .benchmark import method_artifact
-    from .detectors import default_generators
-    from .distances import resolved_name
-    from .runs import content_key
-    backbone = default_generators(p, run_dir).backbone_path
+    backbone's content and the benchmark's configs (`world.benchmark.method_artifact`)."""
+    backbone = default_weights(p, run_dir, ("image_variation",)).image_variation
     return method_artifact(run_dir, "upsampler-ablation", p, p.upsampler, p.craft, resolved_name(p.craft.distance),
                            content_key(backbone))
 
@@ -140,10 +144,6 @@ def upsampler_ablation(wb, force: bool = False) -> pd.DataFrame:
     trained on udet-mini's generator pool): one row per decoder x stage (frozen / CRAFT fine-tuned) with the
     decoder's val-real PSNR, the periodic-peak scores and the distance AUC of the test reconstructions, plus the
     inputs' peak scores. Cached with the spectra and example images."""
-    from .benchmark import generator_pool
-    from .detectors import default_generators
-    from .models.backbones import load_image_variation
-    from .runs import Timer, atomic_write_json, atomic_write_text
     if not wb.embedded:
         raise ValueError(f"the upsampler ablation needs udet-mini's generators; the workbench holds {wb.label}")
     p, run_dir, images, df, progress = wb.p, wb.run_dir, wb.images, wb.df, wb.progress
@@ -151,7 +151,7 @@ def upsampler_ablation(wb, force: bool = False) -> pd.DataFrame:
     if art.done and not force:
         return pd.read_csv(art.path / "table.csv")
     out, timer = art.begin(), Timer()
-    base = load_image_variation(default_generators(p, run_dir).backbone_path)
+    base = load_image_variation(wb.backbone_folder())
     with timer("train_decoder"):
         variant = transposed_conv_decoder(base.vae, p.seed)
         decoder_history = train_decoder(p, variant, generator_pool(p), out / "decoder", progress)

@@ -23,13 +23,27 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .data.images import DataError, to_tensor
-from .data.sources import PHOTOS, random_crops
-from .profiles import Profile, config_dict, config_hash
-from .runs import REPO_ROOT, atomic_write_json, atomic_write_text
+from udet_core.core.errors import DataError
+from udet_core.core.io import atomic_write_json, atomic_write_text
+from udet_core.core.paths import WORK_DIR, ZOO_DIR
+from udet_core.core.profiles import Profile, config_dict, config_hash
+from udet_core.core.provenance import code_version
+from udet_core.data.images import to_tensor, to_uint8
+from udet_core.data.sources import PHOTOS, caption_for, random_crops
+from udet_core.engine.metrics import frechet_distance, psnr
+from udet_core.methods.gduf import UniGenDet, pretrain_unified
+from udet_core.models.backbones import build_ddim, load_image_variation
+from udet_core.models.featnet import load_featnet, save_featnet
+from udet_core.models.gan import Generator
+from udet_core.models.sampling import ddim_roundtrip, seeded_noise, vae_roundtrip
+from udet_core.world.trainers import (
+    train_featnet,
+    train_gan,
+    train_image_variation,
+    train_pixel_ddpm,
+    train_vae,
+)
 
-ZOO_DIR = Path(os.environ.get("UDET_ZOO", REPO_ROOT / "data" / "zoo"))   # UDET_ZOO: a zoo kept elsewhere
-WORK_DIR = REPO_ROOT / "runs" / "pretrain"
 POOL_SIZE = 8192            # pretraining crops per photo set (the tiny profile's test zoo: 256)
 HELD_OUT = 256              # crops per quality measurement
 ZOO_SEED = 0                # the zoo does not depend on a run's seed: every run of every seed starts from it
@@ -79,7 +93,6 @@ class Entry:
 
 
 def _vae_build(p, e, work, out, deps, progress):
-    from .benchmark import train_vae
     vae, hist = train_vae(p, pool(p, e.photos), work, progress)
     vae.save_pretrained(out / "vae", safe_serialization=True)
     return hist
@@ -87,8 +100,7 @@ def _vae_build(p, e, work, out, deps, progress):
 
 def _vae_quality(p, out, deps):
     from diffusers import AutoencoderKL
-    from .models.sampling import vae_roundtrip
-    from .metrics import psnr
+
     vae = AutoencoderKL.from_pretrained(out / "vae").eval()
     return {f"roundtrip_psnr_db_{s}": round(float(psnr(x, vae_roundtrip(vae, x)).mean()), 2)
             for s, x in ((s, held_out_reals(p, s)) for s in ("train", "val", "test"))}
@@ -96,7 +108,7 @@ def _vae_quality(p, out, deps):
 
 def _sdiv_build(p, e, work, out, deps, progress):
     from diffusers import AutoencoderKL
-    from .benchmark import train_image_variation
+
     vae = AutoencoderKL.from_pretrained(deps[f"vae-{e.photos}"] / "vae")
     iv, hist = train_image_variation(p, vae, pool(p, e.photos), work, progress)
     iv.save(out / "pipeline")
@@ -104,9 +116,6 @@ def _sdiv_build(p, e, work, out, deps, progress):
 
 
 def _sdiv_quality(p, out, deps):
-    from .models.sampling import ddim_roundtrip
-    from .metrics import psnr
-    from .models.backbones import load_image_variation
     iv, n = load_image_variation(out / "pipeline"), p.craft.n_steps
     return {f"ddim{n}_roundtrip_psnr_db_{s}": round(float(psnr(x, ddim_roundtrip(iv, x, n)).mean()), 2)
             for s, x in ((s, held_out_reals(p, s, 128)) for s in ("train", "val", "test"))}
@@ -114,7 +123,7 @@ def _sdiv_quality(p, out, deps):
 
 def _ddpm_build(p, e, work, out, deps, progress):
     from diffusers import DDPMPipeline
-    from .benchmark import train_pixel_ddpm
+
     unet, sched, hist = train_pixel_ddpm(p, pool(p, e.photos), work, progress)
     DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(out / "pipeline", safe_serialization=True)
     return hist
@@ -122,10 +131,9 @@ def _ddpm_build(p, e, work, out, deps, progress):
 
 def _eps_quality(p, out, deps):
     """Held-out epsilon MSE of the pixel DDPM at 8 fixed timesteps (lower is better; 1.0 = predicting zero)."""
-    from diffusers import DDPMPipeline
     import torch.nn.functional as F
+    from diffusers import DDPMPipeline
     unet = DDPMPipeline.from_pretrained(out / "pipeline").unet.eval()
-    from .models.backbones import build_ddim
     sched = build_ddim(p.pixel.num_train_timesteps, latent=False)
     x = held_out_reals(p, "val", 128)
     g = torch.Generator().manual_seed(0)
@@ -140,7 +148,7 @@ def _eps_quality(p, out, deps):
 
 def _gan_build(p, e, work, out, deps, progress):
     from safetensors.torch import save_file
-    from .benchmark import train_gan
+
     G, hist = train_gan(p, pool(p, e.photos), work, progress)
     save_file(G.state_dict(), str(out / "generator.safetensors"))
     return hist
@@ -149,11 +157,7 @@ def _gan_build(p, e, work, out, deps, progress):
 def _gan_quality(p, out, deps):
     """Fréchet distance (workbench feature net) of 512 samples to 512 held-out train-domain reals."""
     from safetensors.torch import load_file
-    from .data.images import to_uint8
-    from .metrics import frechet_distance
-    from .models.featnet import load_featnet
-    from .models.gan import Generator
-    from .models.sampling import seeded_noise
+
     G = Generator(p.gan.nz, p.gan.ngf, p.data.resolution)
     G.load_state_dict(load_file(str(out / "generator.safetensors")))
     net = load_featnet(deps["featnet"])
@@ -164,7 +168,6 @@ def _gan_quality(p, out, deps):
 
 
 def _featnet_build(p, e, work, out, deps, progress):
-    from .models.featnet import save_featnet, train_featnet
     net, hist = train_featnet(p.data.resolution, p.geneval.featnet_steps, p.seed, out_dir=work, progress=progress,
                               feature_dim=p.geneval.feature_dim, n_crops=pool_size(p))
     save_featnet(net, out)
@@ -173,7 +176,6 @@ def _featnet_build(p, e, work, out, deps, progress):
 
 def _featnet_quality(p, out, deps):
     """Source-photo accuracy on held-out crops (chance: 1 / number of photos)."""
-    from .models.featnet import load_featnet
     net = load_featnet(out)
     names = sorted(PHOTOS)
     crops, meta = random_crops(names, 512, p.data.resolution, p.data.crop_scales, np.random.default_rng([p.seed, 79]))
@@ -185,7 +187,6 @@ def _featnet_quality(p, out, deps):
 
 def captioned_crops(p: Profile, names, n: int, stream: int) -> tuple[np.ndarray, list[str]]:
     """Crops of the photos `names` with their template captions (the unified model's pretraining data)."""
-    from .data.sources import caption_for
     crops, meta = random_crops(names, n, p.data.resolution, p.data.crop_scales,
                                np.random.default_rng([p.seed, 80, stream]))
     return crops, [caption_for(m["source"], m["scale"]) for m in meta]
@@ -193,7 +194,7 @@ def captioned_crops(p: Profile, names, n: int, stream: int) -> tuple[np.ndarray,
 
 def _unified_build(p, e, work, out, deps, progress):
     from diffusers import AutoencoderKL
-    from .gduf import pretrain_unified
+
     crops, captions = captioned_crops(p, photo_set(p, e.photos), pool_size(p) // 2, 0)
     ug, hist = pretrain_unified(p.gduf, AutoencoderKL.from_pretrained(deps[f"vae-{e.photos}"] / "vae"), crops,
                                 captions, resolution=p.data.resolution, seed=p.seed, out_dir=work, progress=progress)
@@ -204,7 +205,6 @@ def _unified_build(p, e, work, out, deps, progress):
 def _unified_quality(p, out, deps):
     """Captioning LM loss and flow-matching loss on fresh crops of the validation photos (lower is better; the
     model pretrained on every photo has seen these photos, not these crops)."""
-    from .gduf import UniGenDet
     ug = UniGenDet.load(out / "unigendet")
     crops, captions = captioned_crops(p, p.data.split_photos["val"], 128, 1)
     torch.manual_seed(0)
@@ -341,7 +341,6 @@ def _curve(history: list[dict], points: int = 50) -> list[dict]:
 
 def pretrain_one(p: Profile, name: str, zoo_dir=None, work_dir=None, progress: bool = True, force: bool = False) -> Path:
     """Train zoo model `name` (resuming its checkpoint), measure it, and write it with its card."""
-    from .runs import code_version
     p, e = zoo_profile(p), ENTRIES[name]
     zoo_dir, work_dir = Path(zoo_dir or ZOO_DIR), Path(work_dir or WORK_DIR)
     if not force:

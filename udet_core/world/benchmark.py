@@ -24,143 +24,43 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
-from .progress import tqdm
 
-from .data.explain import explain, reference_stats
-from .data.images import save_png, to_tensor, to_uint8
-from .data.manifest import FAKE, REAL, new_manifest, read_manifest, write_manifest
-from .data.sources import PHOTOS, caption_for, check_split_photos, random_crops
-from .models.backbones import (ImageVariation, build_ddim, build_image_variation, build_pixel_unet, build_vae,
-                               load_image_variation)
-from .models.gan import Discriminator, Generator
-from .models.sampling import ddim_sample, seeded_noise
-from .profiles import Profile
-from .runs import Artifact, Timer, atomic_write_json, atomic_write_text
-from .train import Objective, fit
+from udet_core.core.io import atomic_write_json, atomic_write_text
+from udet_core.core.keys import Artifact
+from udet_core.core.profiles import Profile
+from udet_core.core.progress import tqdm
+from udet_core.core.provenance import Timer
+from udet_core.data.explain import explain, reference_stats
+from udet_core.data.images import save_png, to_tensor, to_uint8
+from udet_core.data.manifest import (
+    FAKE,
+    REAL,
+    new_manifest,
+    read_manifest,
+    write_manifest,
+)
+from udet_core.data.sources import PHOTOS, caption_for, check_split_photos, random_crops
+from udet_core.models.backbones import ImageVariation, build_ddim, load_image_variation
+from udet_core.models.gan import Generator
+from udet_core.models.realesrgan import RealESRGAN, realesrgan_fakes, weights_sha256
+from udet_core.models.sampling import ddim_sample, seeded_noise
+from udet_core.world import zoo
+from udet_core.world.trainers import (
+    GENERATOR_POOL,
+    generator_pool,
+    stream_rng,
+    train_gan,
+    train_image_variation,
+    train_pixel_ddpm,
+    train_vae,
+)
 
 FAMILIES = ("gan", "ddpm", "ldm", "aligned", "sdedit", "realesrgan")
 CONDITIONAL = ("ldm", "aligned", "sdedit", "realesrgan")   # made from a real crop of the split's photos
 SPLIT_ID = {"train": 1, "val": 2, "test": 3}
-GENERATOR_POOL = 2048                          # train-domain crops the generators learn from
-
-
-def _rng(seed: int, *stream: int) -> np.random.Generator:
-    return np.random.default_rng([seed, *stream])
-
-
-def generator_pool(p: Profile) -> torch.Tensor:
-    """Train-split real crops (a larger pool than the manifest's) on which every generator is trained."""
-    n = GENERATOR_POOL if p.name != "tiny" else 64
-    crops, _ = random_crops(p.data.split_photos["train"], n, p.data.resolution, p.data.crop_scales, _rng(p.seed, 99))
-    return to_tensor(crops)
 
 
 # ---------------------------------------------------------------- generator training
-
-def checkpoint_every(steps: int) -> int:
-    """Checkpoint a generator's training four times, at most every 250 steps (hours-long pretraining loses little)."""
-    return min(250, max(50, steps // 4))
-
-
-class VAEWithKL(nn.Module):
-    """AutoencoderKL forward that also returns the KL term (so DDP sees one forward call)."""
-
-    def __init__(self, vae):
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, x):
-        post = self.vae.encode(x).latent_dist
-        return self.vae.decode(post.sample()).sample, post.kl().mean()
-
-
-def vae_loss(m: dict, x: torch.Tensor, kl_weight: float) -> torch.Tensor:
-    """The AutoencoderKL objective: L1 + L2 reconstruction + `kl_weight` x KL (`m["vae"]` is a `VAEWithKL`)."""
-    rec, kl = m["vae"](x)
-    return F.l1_loss(rec, x) + F.mse_loss(rec, x) + kl_weight * kl
-
-
-def train_vae(p: Profile, pool: torch.Tensor, out_dir, progress=True):
-    """AutoencoderKL: L1 + L2 reconstruction + a small KL; sets the latent scaling factor to 1/std."""
-    cfg = p.vae
-    torch.manual_seed(p.seed)
-    vae = build_vae(cfg, p.data.resolution)
-    wrapped = VAEWithKL(vae)
-    loss = functools.partial(vae_loss, kl_weight=cfg.kl_weight)
-    hist = fit({"vae": wrapped}, [Objective("vae", loss, [{"params": vae.parameters()}], lr=cfg.lr)], pool,
-               steps=cfg.steps, batch_size=cfg.batch_size, seed=p.seed, out_dir=out_dir,
-               checkpoint_every=checkpoint_every(cfg.steps), desc="train AutoencoderKL", progress=progress)
-    with torch.no_grad():
-        z = torch.cat([vae.encode(b).latent_dist.mode() for b in pool.split(256)])
-    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
-    return vae, hist
-
-
-def train_image_variation(p: Profile, vae, pool: torch.Tensor, out_dir, progress=True):
-    """Image-variation objective: denoise the latent of x conditioned on CLIP(x); encoder trained jointly."""
-    cfg = p.sdiv
-    torch.manual_seed(p.seed + 1)
-    iv = build_image_variation(cfg, vae, p.data.resolution)
-    with torch.no_grad():
-        latents = torch.cat([vae.encode(b).latent_dist.mode() for b in pool.split(256)]) * iv.latent_scale
-    sched = iv.scheduler
-
-    def loss(m, batch):
-        z0, x = batch
-        noise = torch.randn_like(z0)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(z0),), device=z0.device)
-        emb = m["image_encoder"](iv.clip_pixels(x)).image_embeds.unsqueeze(1)
-        pred = m["unet"](sched.add_noise(z0, noise, t), t, encoder_hidden_states=emb).sample
-        return F.mse_loss(pred, noise)
-
-    params = [{"params": iv.unet.parameters()}, {"params": iv.image_encoder.parameters()}]
-    hist = fit({"unet": iv.unet, "image_encoder": iv.image_encoder}, [Objective("eps_mse", loss, params, lr=cfg.lr)],
-               (latents, pool), steps=cfg.steps, batch_size=cfg.batch_size, seed=p.seed + 1, out_dir=out_dir,
-               checkpoint_every=checkpoint_every(cfg.steps), desc="train SD image-variation UNet", progress=progress)
-    return iv, hist
-
-
-def train_pixel_ddpm(p: Profile, pool: torch.Tensor, out_dir, progress=True):
-    """Pixel-space DDPM with the epsilon objective (Ho et al. 2020)."""
-    cfg = p.pixel
-    torch.manual_seed(p.seed + 2)
-    unet = build_pixel_unet(cfg, p.data.resolution)
-    sched = build_ddim(cfg.num_train_timesteps, latent=False)
-
-    def loss(m, x):
-        noise = torch.randn_like(x)
-        t = torch.randint(0, cfg.num_train_timesteps, (len(x),), device=x.device)
-        return F.mse_loss(m["unet"](sched.add_noise(x, noise, t), t).sample, noise)
-
-    hist = fit({"unet": unet}, [Objective("eps_mse", loss, [{"params": unet.parameters()}], lr=cfg.lr)], pool,
-               steps=cfg.steps, batch_size=cfg.batch_size, seed=p.seed + 2, out_dir=out_dir,
-               checkpoint_every=checkpoint_every(cfg.steps), desc="train pixel DDPM", progress=progress)
-    return unet, sched, hist
-
-
-def train_gan(p: Profile, pool: torch.Tensor, out_dir, progress=True):
-    """DCGAN with the non-saturating loss."""
-    cfg = p.gan
-    torch.manual_seed(p.seed + 3)
-    G, D = Generator(cfg.nz, cfg.ngf, p.data.resolution), Discriminator(cfg.ndf, p.data.resolution)
-
-    def d_loss(m, x):
-        with torch.no_grad():
-            fake = m["G"](torch.randn(len(x), cfg.nz, device=x.device))
-        return F.softplus(-m["D"](x)).mean() + F.softplus(m["D"](fake)).mean()
-
-    def g_loss(m, x):
-        return F.softplus(-m["D"](m["G"](torch.randn(len(x), cfg.nz, device=x.device)))).mean()
-
-    objectives = [Objective("d_loss", d_loss, [{"params": D.parameters()}], lr=cfg.lr, max_grad_norm=None),
-                  Objective("g_loss", g_loss, [{"params": G.parameters()}], lr=cfg.lr, max_grad_norm=None)]
-    for o in objectives:
-        o.params[0]["betas"] = (0.5, 0.999)
-    hist = fit({"G": G, "D": D}, objectives, pool, steps=cfg.steps, batch_size=cfg.batch_size, seed=p.seed + 3,
-               out_dir=out_dir, checkpoint_every=checkpoint_every(cfg.steps), desc="train DCGAN", progress=progress)
-    return G, hist
 
 
 # ---------------------------------------------------------------- cached models
@@ -192,7 +92,6 @@ def train_generators(p: Profile, run_dir, progress=True, force=False) -> Generat
     """Train (or reuse) the AutoencoderKL, the SD Image Variation stand-in, the pixel DDPM and the DCGAN; with
     `p.zoo`, load the verified pretrained ones instead."""
     if p.zoo:
-        from . import zoo
         z = zoo.verify(p, (*ZOO_GENERATORS, f"sdiv-{p.backbone}"))
         return Generators(z["vae-train"] / "vae", z["sdiv-train"] / "pipeline", z["pixel-ddpm"] / "pipeline",
                           z["dcgan"] / "generator.safetensors", z[f"sdiv-{p.backbone}"] / "pipeline")
@@ -230,15 +129,6 @@ def train_generators(p: Profile, run_dir, progress=True, force=False) -> Generat
 ZOO_GENERATORS = ("vae-train", "sdiv-train", "pixel-ddpm", "dcgan")   # the zoo models udet-mini's fakes come from
 
 
-def candidate_backbones(p: Profile, run_dir) -> dict[str, Path]:
-    """The SD Image Variation backbones a detector could start from, by name: the zoo's two stand-ins (pretrained on
-    train-split photos / on every photo; `p.backbone` picks the detectors' default), else the benchmark's own."""
-    if p.zoo:
-        from . import zoo
-        return {f"sdiv-{photos}": zoo.path(p, f"sdiv-{photos}") / "pipeline" for photos in ("train", "all")}
-    return {"benchmark ldm generator": build_benchmark(p, run_dir, progress=False).generators.backbone_path}
-
-
 def load_generators(p: Profile, g: Generators):
     """Load the trained models: dict(vae, iv, ddpm_unet, ddpm_scheduler, gan)."""
     from diffusers import AutoencoderKL, DDPMPipeline
@@ -250,7 +140,6 @@ def load_generators(p: Profile, g: Generators):
               "iv": load_image_variation(g.image_variation_path), "ddpm_unet": ddpm.unet.eval(),
               "ddpm_scheduler": build_ddim(p.pixel.num_train_timesteps, latent=False), "gan": G.eval()}
     if "realesrgan" in (*p.families.seen, *p.families.held_out):
-        from .models.realesrgan import RealESRGAN
         models["realesrgan"] = RealESRGAN()
     return models
 
@@ -269,7 +158,6 @@ def sample_family(family: str, models: dict, p: Profile, seeds, real_crops: np.n
         return to_uint8(ddim_sample(lambda x, t: unet(x, t).sample, models["ddpm_scheduler"],
                                     seeded_noise((3, R, R), seeds), f.sample_steps))
     if family == "realesrgan":
-        from .models.realesrgan import realesrgan_fakes
         return realesrgan_fakes(real_crops, models["realesrgan"])
     x = to_tensor(real_crops)
     if family == "aligned":
@@ -318,7 +206,7 @@ def _real_rows(p: Profile, root: Path, progress: bool):
     rows, images = [], {}
     for split, n in p.data.n_real.items():
         crops, meta = random_crops(p.data.split_photos[split], n, p.data.resolution, p.data.crop_scales,
-                                   _rng(p.seed, SPLIT_ID[split]))
+                                   stream_rng(p.seed, SPLIT_ID[split]))
         images[split] = crops
         for i, (a, m) in enumerate(zip(tqdm(crops, desc=f"real {split} crops", disable=not progress), meta)):
             rel = f"real/{split}/{m['source']}_{i:05d}.png"
@@ -339,7 +227,7 @@ def _fake_rows(p: Profile, family: str, models: dict, root: Path, ref: dict, pro
         crops, meta = (None, [None] * n)
         if family in CONDITIONAL:  # a fresh crop stream (never the real set's own crops)
             crops, meta = random_crops(p.data.split_photos[split], n, p.data.resolution, p.data.crop_scales,
-                                       _rng(p.seed, 10 + SPLIT_ID[split], FAMILIES.index(family)))
+                                       stream_rng(p.seed, 10 + SPLIT_ID[split], FAMILIES.index(family)))
         seeds = [p.seed * 1_000_000 + FAMILIES.index(family) * 100_000 + SPLIT_ID[split] * 10_000 + i
                  for i in range(n)]
         n_batches = math.ceil(n / f.batch_size)
@@ -363,10 +251,8 @@ def benchmark_configs(p: Profile) -> tuple:
     and the external generators' weights; not the detectors' configs or backbone."""
     keys = {}
     if p.zoo:
-        from . import zoo
         keys["zoo"] = {n: zoo.content_key(p, n) for n in ZOO_GENERATORS}
     if "realesrgan" in (*p.families.seen, *p.families.held_out):
-        from .models.realesrgan import weights_sha256
         keys["realesrgan"] = weights_sha256()
     return p.data, p.vae, p.sdiv, p.pixel, p.gan, p.families, p.seed, keys
 
@@ -442,7 +328,7 @@ def data_card(p: Profile, df, gens: Generators) -> str:
                      for f in (*p.families.seen, *p.families.held_out))
     return f"""# udet-mini data card (profile `{p.name}`, seed {p.seed})
 
-Generated by `udet_core.benchmark.build_benchmark`. **A synthetic stand-in benchmark**: small real crops and
+Generated by `udet_core.world.benchmark.build_benchmark`. **A synthetic stand-in benchmark**: small real crops and
 fakes from small generators trained here on CPU. Results on it show that code paths and effects are
 measurable; they are not comparable with numbers on GenImage, DiffusionForensics or FakeClue.
 

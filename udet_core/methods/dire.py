@@ -13,11 +13,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..detectors import Detector, register
-from ..models.sampling import ddim_roundtrip
-from ..profiles import config_hash
-from ..progress import tqdm
-from .cnnspot import classifier_scores, load_classifier, save_classifier, train_classifier
+from udet_core.core.io import atomic_write_bytes
+from udet_core.core.keys import array_key, content_key
+from udet_core.core.profiles import config_hash
+from udet_core.core.progress import tqdm
+from udet_core.data.dataset import ArrayDataset
+from udet_core.data.images import to_tensor
+from udet_core.methods.base import Detector, register
+from udet_core.methods.cnnspot import (
+    classifier_scores,
+    load_classifier,
+    save_classifier,
+    train_classifier,
+)
+from udet_core.models.backbones import load_image_variation
+from udet_core.models.sampling import ddim_roundtrip
 
 
 def dire_image(x: torch.Tensor, x_hat: torch.Tensor) -> np.ndarray:
@@ -48,23 +58,21 @@ class Dire(Detector):
     """DDIM reconstruction error + ResNet. Reconstructions are cached per image content (shared by seeds)."""
 
     takes_backbone = "a diffusers image-variation pipeline folder (DDIM inversion + reconstruction)"
+    weights_needed = ("image_variation",)
 
-    def __init__(self, p, run_dir, backbone=None):
-        super().__init__(p, run_dir, backbone)
+    def __init__(self, p, run_dir, backbone=None, weights=None):
+        super().__init__(p, run_dir, backbone, weights)
         self.cfg, self.net, self._diffusion = p.dire, None, None
 
     def config(self):
-        from ..runs import content_key
         return {"dire": asdict(self.cfg), "backbone": content_key(self.backbone_folder())}
 
     def backbone_folder(self) -> Path:
-        from ..detectors import default_generators
-        return self.single_backbone(self.backbone or default_generators(self.p, self.run_dir).backbone_path)
+        return self.single_backbone(self.backbone or self.weights.folder("image_variation", self.name))
 
     def diffusion(self):
         """The frozen image-variation backbone whose DDIM round trip makes the DIRE images (loaded once)."""
         if self._diffusion is None:
-            from ..models.backbones import load_image_variation
             self._diffusion = load_image_variation(self.backbone_folder())
             for m in (self._diffusion.vae, self._diffusion.image_encoder, self._diffusion.unet):
                 m.eval().requires_grad_(False)
@@ -74,8 +82,7 @@ class Dire(Detector):
         """DIRE images of uint8 images, read from / written to a cache file keyed by the images' bytes, the
         backbone's content and the step count."""
         from safetensors.torch import load_file, save
-        from ..data.images import to_tensor
-        from ..runs import array_key, atomic_write_bytes, content_key
+
         bb = self.diffusion()
         key = config_hash("clamped", array_key(images), content_key(self.backbone_folder()), self.cfg.n_steps)
         cache = self.run_dir / "artifacts" / "dire-cache" / f"{key}.safetensors"
@@ -108,7 +115,6 @@ class Dire(Detector):
         return StoredDire(path, np.asarray(rows), ds.manifest["label"].to_numpy())
 
     def fit(self, train, *, seed, out_dir, progress=False, val=None, workers=0):
-        from ..data.dataset import ArrayDataset
         labels = train.manifest["label"].to_numpy()
         if isinstance(train, ArrayDataset):   # in memory (the notebooks): one reconstruction cache per array
             examples = torch.utils.data.TensorDataset(torch.from_numpy(self.dire_images(train.images, progress)),

@@ -9,10 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import perturb
-from ..detectors import Detector, register
-from ..profiles import ClassifierConfig
-from ..train import skipped_files
+from udet_core.core.profiles import ClassifierConfig
+from udet_core.data import perturb
+from udet_core.data.dataset import RowExamples
+from udet_core.engine.train import Objective, balanced, fit, skipped_files
+from udet_core.methods.base import Detector, register
 
 
 class SmallResNet(nn.Module):
@@ -67,7 +68,7 @@ def train_classifier(examples, labels: np.ndarray, cfg: ClassifierConfig, *, see
     examples (e.g. `data.dataset.RowExamples`, streamed by `num_workers` workers), drawing both classes equally often
     (`labels`: the examples' labels, known without reading the images)."""
     from functools import partial
-    from ..train import Objective, balanced, fit
+
     torch.manual_seed(seed)
     net = SmallResNet(cfg.widths)
     loss_fn = nn.BCEWithLogitsLoss()
@@ -107,15 +108,14 @@ def load_classifier(folder, widths) -> SmallResNet:
 class CNNSpot(Detector):
     """ResNet on pixels, Blur+JPEG augmentation (CNNSpot-style; small ResNet for the profile's resolution)."""
 
-    def __init__(self, p, run_dir, backbone=None):
-        super().__init__(p, run_dir, backbone)
+    def __init__(self, p, run_dir, backbone=None, weights=None):
+        super().__init__(p, run_dir, backbone, weights)
         self.cfg, self.net = p.cnnspot, None
 
     def config(self):
         return self.cfg
 
     def fit(self, train, *, seed, out_dir, progress=False, val=None, workers=0):
-        from ..data.dataset import RowExamples
         labels = train.manifest["label"].to_numpy()
         self.net, history = train_classifier(RowExamples(train, torch.tensor(labels)), labels, self.cfg,
                                              seed=seed, out_dir=out_dir, progress=progress, desc="CNNSpot",

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from .progress import tqdm
 
-from .runs import atomic_write_json
+from udet_core.core.io import atomic_write_json
+from udet_core.core.progress import tqdm
 
 
 @dataclass

@@ -6,6 +6,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from udet_core.data.images import to_uint8
+from udet_core.methods.craft import with_settings as craft_with_settings
+
 
 def save_figure(fig, path_stem) -> list[Path]:
     """Save `fig` as `<stem>.png` (and `.pdf`); returns the paths."""
@@ -164,14 +167,12 @@ def craft_explorer(model, x_test, test, with_settings=None, lam_default: float |
     """Interactive CRAFT reconstruction viewer: pick a family (incl. "real"), then one of its test images, and set
     the perturbation strength lambda and the fine-tuned segment length k. `x_test` (N, 3, H, W) in [-1, 1] lines up
     with the rows of `test` (columns family, label, optionally role); `with_settings(model, lam=, k=)` returns a
-    view of `model` (default: `udet_core.craft.with_settings`). Renders once with the defaults when built, so a
+    view of `model` (default: `methods.craft.with_settings`). Renders once with the defaults when built, so a
     headless run (papermill) shows one figure and never waits for input."""
     import ipywidgets as widgets
     from IPython.display import display
 
-    from .data.images import to_uint8
-    if with_settings is None:
-        from .craft import with_settings
+    with_settings = with_settings or craft_with_settings
     cfg = getattr(model, "cfg", None)
     lam_default = float(cfg.lam if lam_default is None else lam_default)
     k_default = int(cfg.k if k_default is None else k_default)

@@ -7,6 +7,13 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from udet_core.core.provenance import PeakRSS
+from udet_core.data.dataset import ImageDataset
+from udet_core.engine.distances import distance_label
+from udet_core.engine.metrics import summary
+from udet_core.methods.base import score_dataset
+from udet_core.methods.craft import FAST_MODE, Craft, split_tensors, train
+
 
 def _timeit(fn, repeat: int = 2) -> float:
     fn()  # warm-up
@@ -25,7 +32,6 @@ def craft_cache(wb, n_steps: int = 50, k: int = 15, n_images: int = 256, batch_s
     cached run pays that once per image when the cache is built, not in every epoch. The speedup is printed beside
     its bound 1 + T_prefix / T_suffix (both timed in this run: the frozen prefix of one batch, one cached step).
     """
-    from .craft import Craft, split_tensors
     cfg = replace(wb.p.craft, n_steps=n_steps, k=k, batch_size=batch_size,
                   **{f"train_{m}": m in modules for m in ("encoder", "unet", "decoder")})
     x, y = split_tensors(wb.images, wb.df, "train")
@@ -62,8 +68,6 @@ def craft_cache(wb, n_steps: int = 50, k: int = 15, n_images: int = 256, batch_s
 def craft_detect(checkpoint, wb, split: str = "test", batch_size: int = 64) -> list[dict]:
     """Detection throughput and accuracy of a CRAFT checkpoint on a workbench's split, full mode vs CRAFT-fast
     (k inversion steps; a different detector, see `craft.FAST_MODE`)."""
-    from .craft import FAST_MODE, Craft, split_tensors
-    from .metrics import summary
     model = Craft.load(checkpoint)
     x, y = split_tensors(wb.images, wb.df, split)
     rows = []
@@ -82,8 +86,7 @@ def craft_distance(wb, names=("mse", "lpips-vgg", "vae-features"), steps: int = 
     """How the choice of d(x, x_hat) affects CRAFT: train one short model per distance, report validation AUC
     and training time. (How the offline default distance was chosen; ImageNet LPIPS weights are not available.)"""
     from sklearn.metrics import roc_auc_score
-    from .craft import Craft, split_tensors, train
-    from .distances import distance_label
+
     x, y = split_tensors(wb.images, wb.df, "train")
     xv, yv = split_tensors(wb.images, wb.df, "val")
     rows = []
@@ -105,78 +108,16 @@ def craft_distance(wb, names=("mse", "lpips-vgg", "vae-features"), steps: int = 
 
 def _backbone(wb):
     """The workbench's CRAFT backbone: the one it names, else the profile's stand-in."""
-    from .detectors import default_generators
-    return wb.backbone or default_generators(wb.p, wb.run_dir).backbone_path
+    return wb.backbone_folder()
 
 
 # ------------------------------------------------------------------ own data at scale (`bench make-tree`)
-
-TREE_FAMILIES = {"nearest-x2": (2, "NEAREST"), "bicubic-x4": (4, "BICUBIC")}
-
-
-def tree_image(rng: np.random.Generator, views: list, size: int) -> np.ndarray:
-    """A real image of the synthetic tree: a random square crop (half to all of the shorter side) of a bundled
-    photograph, resampled to size x size (Lanczos), flipped at random."""
-    from PIL import Image
-    img = views[int(rng.integers(len(views)))]
-    h, w = img.shape[:2]
-    side = int(rng.integers(min(h, w) // 2, min(h, w) + 1))
-    top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    out = np.asarray(Image.fromarray(img[top:top + side, left:left + side]).resize((size, size), Image.LANCZOS))
-    return out[:, ::-1] if rng.random() < 0.5 else out
-
-
-def upsampled_fake(real: np.ndarray, factor: int, resample: str) -> np.ndarray:
-    """A fake of the synthetic tree: the real image downscaled by `factor` and upsampled back with `resample`
-    (nearest: blocky periodic traces, as from a generator's upsampling; bicubic: band-limited, smooth)."""
-    from PIL import Image
-    h, w = real.shape[:2]
-    small = Image.fromarray(real).resize((w // factor, h // factor), Image.BOX)
-    return np.asarray(small.resize((w, h), getattr(Image, resample)))
-
-
-def synthetic_tree(root, n_train: int = 2000, n_test: int = 8000, size: int = 512, seed: int = 0,
-                   progress: bool = True) -> dict:
-    """Write a `0_real/1_fake` tree of PNGs, `{root}/{train,test}/{family}/{0_real,1_fake}/{i:06d}.png`: half
-    reals (`tree_image`), half fakes spread over `TREE_FAMILIES` (`upsampled_fake` of other reals). A synthetic
-    stand-in for a lab's 512 px data set, to measure streaming at scale; train and test draw from disjoint photos."""
-    import io
-    from pathlib import Path
-    from PIL import Image
-    from .data.sources import PHOTOS
-    from .runs import atomic_write_bytes
-    from .progress import tqdm
-    root = Path(root)
-    names = sorted(PHOTOS)
-    photos = {"train": names[::2], "test": names[1::2]}
-    rng = np.random.default_rng(seed)
-    counts = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        views = [v for name in photos[split] for v in PHOTOS[name].load()]
-        for i in tqdm(range(n), desc=f"synthetic tree {split}", disable=not progress):
-            real = tree_image(rng, views, size)
-            if i % 2 == 0:
-                family, cls, img = "real", "0_real", real
-            else:
-                family = list(TREE_FAMILIES)[(i // 2) % len(TREE_FAMILIES)]
-                img = upsampled_fake(real, *TREE_FAMILIES[family])
-                cls = "1_fake"
-            path = root / split / family / cls / f"{i:06d}.png"
-            if not path.exists():   # a rerun completes an interrupted tree (same seed, same images)
-                buf = io.BytesIO()
-                Image.fromarray(img).save(buf, format="PNG", compress_level=1)
-                atomic_write_bytes(path, buf.getvalue())
-            counts[(split, family)] = counts.get((split, family), 0) + 1
-    return {f"{s}/{f}": c for (s, f), c in counts.items()}
 
 
 def streaming(det, ds, n: int = 1000, batch_size: int = 64, workers: int = 2) -> list[dict]:
     """Images/s of scoring `n` random rows of the lazy data set `ds` with detector `det`: in memory (decode all
     rows into one array, then score it; the notebooks' path) against streamed through a DataLoader with `workers`
-    decoding processes (`detectors.score_dataset`), and the peak resident memory of each (this process, MiB)."""
-    from .data.dataset import ImageDataset
-    from .detectors import score_dataset
-    from .runs import PeakRSS
+    decoding processes (`methods.base.score_dataset`), and the peak resident memory of each (this process, MiB)."""
     det.use_cache = False
     sample = ds.manifest.sample(min(n, len(ds)), random_state=0)   # both classes, every family
     sub = ImageDataset(sample, ds.size, ds.policy, ds.multiple, ds.convert, ds.description)

@@ -10,10 +10,16 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import balanced_accuracy_score
 
-from .data import perturb
-from .detectors import cached_scores, scoring_cost
-from .metrics import mean_std_table, per_family_table, summary
-from .progress import tqdm
+from udet_core.core.progress import tqdm
+from udet_core.data import perturb
+from udet_core.data.dataset import check_split
+from udet_core.engine.metrics import mean_std_table, per_family_table, summary
+from udet_core.methods.base import (
+    cached_scores,
+    load_detector,
+    score_dataset,
+    scoring_cost,
+)
 
 METRICS = ["bacc", "AP", "AUC", "TPR@5%FPR", "real_acc", "fake_acc"]
 
@@ -311,14 +317,13 @@ def format_bias(wb, detectors=None, seeds=None):
 
 def evaluate_checkpoints(checkpoints, dataset_for, *, batch_size: int = 64, num_workers: int = 0,
                          progress: bool = False):
-    """Already-trained checkpoints (`detectors.load_detector`) on the `test` split of a lazy data set, streamed:
+    """Already-trained checkpoints (`methods.base.load_detector`) on the `test` split of a lazy data set, streamed:
     `dataset_for(detector)` gives the `ImageDataset` at that detector's input size. Each detector keeps the threshold
     calibrated on validation data when it was trained. Returns (comparison: one row per detector x summary subset,
     per_family: one row per detector x fake family, scores: one row per detector x test image (NaN = bad file),
     runs: per detector its checkpoint, data provenance, images/s and bad files)."""
     import time
-    from .data.dataset import check_split
-    from .detectors import load_detector, score_dataset
+
     rows, fams, scores, runs = [], [], [], []
     for folder in checkpoints:
         det = load_detector(folder)

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from udet_core.data.images import to_tensor
+
 
 def tpr_at_fpr(labels, scores, fpr: float = 0.05) -> float:
     """True-positive rate at the largest threshold whose false-positive rate is <= `fpr`."""
@@ -143,7 +145,7 @@ def intra_prompt_diversity(groups, distance) -> float:
     """UniGenDet Table D: the mean pairwise perceptual distance among the samples of each prompt (uint8 arrays),
     averaged over prompts. `distance(x, y)` maps two [-1, 1] image batches to per-pair distances."""
     import torch
-    from .data.images import to_tensor
+
     per_prompt = []
     for g in groups:
         x = to_tensor(g)

@@ -12,11 +12,14 @@ from pathlib import Path
 
 import torch
 
-from ..detectors import Detector, register
-from ..distances import LPIPSDistance
-from ..models.sampling import vae_roundtrip
-from ..profiles import config_dict
-from ..progress import tqdm
+from udet_core.core.errors import DataError
+from udet_core.core.keys import content_key
+from udet_core.core.profiles import config_dict
+from udet_core.core.progress import tqdm
+from udet_core.data.images import to_tensor
+from udet_core.engine.distances import LPIPSDistance
+from udet_core.methods.base import Detector, register
+from udet_core.models.sampling import vae_roundtrip
 
 
 @torch.no_grad()
@@ -38,23 +41,21 @@ class Aeroblade(Detector):
     trains = False
 
     takes_backbone = "AutoencoderKL folders (or pipeline folders with a vae/ subfolder), one or more"
+    weights_needed = ("vae",)
 
-    def __init__(self, p, run_dir, backbone=None):
-        super().__init__(p, run_dir, backbone)
+    def __init__(self, p, run_dir, backbone=None, weights=None):
+        super().__init__(p, run_dir, backbone, weights)
         self.cfg, self._vaes = p.aeroblade, None
         self.lpips = LPIPSDistance("vgg")
 
     def config(self):
-        from ..runs import content_key
         return {**config_dict(self.cfg), "distance": self.lpips.name,
                 "autoencoders": [content_key(q) for q in self.autoencoder_paths()]}
 
     def autoencoder_paths(self) -> list:
         """The given backbones, else the profile's VAE and `extra_autoencoders`; a pipeline folder means its vae/."""
-        from ..data.images import DataError
-        from ..detectors import default_generators
         given = [self.backbone] if isinstance(self.backbone, str) else list(self.backbone or [])
-        paths = given or [default_generators(self.p, self.run_dir).vae_path, *self.cfg.extra_autoencoders]
+        paths = given or [self.weights.folder("vae", self.name), *self.cfg.extra_autoencoders]
         out = []
         for q in map(Path, paths):
             q = q / "vae" if (q / "model_index.json").is_file() else q
@@ -71,7 +72,6 @@ class Aeroblade(Detector):
         return self._vaes
 
     def score(self, images, *, progress=False):
-        from ..data.images import to_tensor
         x = to_tensor(images)
         return torch.cat([aeroblade_score(self.autoencoders(), self.lpips, b, self.cfg.layer)
                           for b in tqdm(x.split(self.cfg.batch_size), desc="AEROBLADE", disable=not progress)]).numpy()

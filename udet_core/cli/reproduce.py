@@ -7,25 +7,14 @@ import sys
 import time
 from pathlib import Path
 
-from .runs import REPO_ROOT, PeakRSS, atomic_write_json, code_version
+from udet_core.core.io import atomic_write_json
+from udet_core.core.paths import REPO_ROOT, default_figures_dir, default_run_dir
+from udet_core.core.profiles import get_profile
+from udet_core.core.provenance import PeakRSS, code_version
+from udet_core.world import zoo
 
 NOTEBOOKS = ("00_data_prep", "01_gduf", "02_diga", "03_craft_training", "04_ablations", "05_honeycomb_collapse")
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-
-
-def default_run_dir(profile: str, data: str = "udet-mini") -> Path:
-    """`runs/<profile>` on udet-mini; `runs/<profile>-<data name>-<hash of its resolved path>` on other data."""
-    if str(data) == "udet-mini":
-        return REPO_ROOT / "runs" / profile
-    import hashlib
-    path = Path(data).resolve()
-    return REPO_ROOT / "runs" / f"{profile}-{path.stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:6]}"
-
-
-def default_figures_dir(profile: str, run_dir, data: str = "udet-mini") -> Path:
-    """The repository's `figures/` for the default profile on udet-mini (command 1 regenerates them); inside the run
-    dir otherwise (tests, `full`, `paper` and other data never overwrite the committed figures)."""
-    return REPO_ROOT / "figures" if profile == "default" and str(data) == "udet-mini" else Path(run_dir) / "figures"
 
 
 def check_kernel(name: str = "python3") -> str:
@@ -125,10 +114,8 @@ def failure(e) -> str:
 def check_zoo(profile: str, seed: int = 0) -> None:
     """Before any notebook starts: every pretrained model the profile loads is present, uncorrupted and trained with
     its configs (one clear error naming the model and the `pretrain` command otherwise)."""
-    from .profiles import get_profile
     p = get_profile(profile, seed=seed)
     if p.zoo:
-        from . import zoo
         zoo.verify(p)
 
 

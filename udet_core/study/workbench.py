@@ -18,10 +18,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data.dataset import EMBEDDED
-from .runs import Timer, provenance, write_table
-
-EMBEDDED_LABEL = "udet-mini (synthetic stand-in)"
+from udet_core.core.errors import DataError
+from udet_core.core.io import write_table
+from udet_core.core.paths import default_figures_dir, default_run_dir
+from udet_core.core.profiles import get_profile
+from udet_core.core.provenance import Timer, provenance
+from udet_core.data.dataset import check_split, split_validation
+from udet_core.data.sources import content_domain
+from udet_core.methods.base import detector_class, fitted
+from udet_core.study.viz import save_figure
+from udet_core.world.benchmark import build_benchmark
+from udet_core.world.specs import EMBEDDED, EMBEDDED_LABEL, open_dataset
+from udet_core.world.weights import default_weights, weights_for
 
 
 class NotApplicable(Exception):
@@ -69,7 +77,6 @@ class Workbench:
     def applicable(self, names) -> list[str]:
         """The detectors of `names` this data set can train (one that learns to explain needs reference
         explanations); the others are named once on the console."""
-        from .detectors import detector_class
         keep = [n for n in names if self.has_explanations or not detector_class(n).needs_explanations]
         if len(keep) < len(names):
             print(f"left out on {self.label} (no reference explanations): {sorted(set(names) - set(keep))}")
@@ -89,15 +96,21 @@ class Workbench:
 
     def fitted(self, name: str, *, p=None, seed: int | None = None, progress: bool | None = None, **kw):
         """The detector `name` fitted on this data set's train rows (threshold from its val rows), cached by
-        content (`detectors.fitted`); with this workbench's backbone if the detector takes one."""
-        from .detectors import detector_class, fitted
-        backbone = self.backbone if detector_class(name).takes_backbone else None
+        content (`methods.base.fitted`); with this workbench's backbone if the detector takes one, else the
+        stand-in weights it needs (`world.weights`)."""
+        cls = detector_class(name)
+        backbone = self.backbone if cls.takes_backbone else None
         return fitted(name, p or self.p, self.run_dir, self.images, self.df, backbone=backbone,
+                      weights=weights_for(cls, self.p, self.run_dir, backbone),
                       seed=self.seed if seed is None else seed,
                       progress=self.progress if progress is None else progress, **kw)
 
+    def backbone_folder(self) -> Path:
+        """The SD Image Variation pipeline CRAFT and DIRE read here: the given backbone, else the stand-in."""
+        return Path(self.backbone or default_weights(self.p, self.run_dir, ("image_variation",)).image_variation)
+
     def provenance(self, cfg=None, seeds=None, **extra) -> dict:
-        """`runs.provenance` with this data set and backbone recorded."""
+        """`core.provenance.provenance` with this data set and backbone recorded."""
         return provenance(cfg, seeds, self.timer.timings, data=self.label, data_provenance=self.data,
                           backbone=self.backbone or "the profile's stand-in", **extra)
 
@@ -108,7 +121,6 @@ class Workbench:
 
     def figure(self, fig, name: str):
         """Save a figure as `<figures_dir>/<name>.png` and `.pdf` (`viz.save_figure`)."""
-        from .viz import save_figure
         return save_figure(fig, self.figures_dir / name)
 
 
@@ -121,16 +133,11 @@ def open_workbench(profile: str = "default", *, data=EMBEDDED, backbone=None, ru
     never from test). Files that cannot be read are reported and skipped (recorded in `wb.data["bad_files"]`).
     `rebuild`: build udet-mini again even if a finished one exists. Outputs go to `runner.default_run_dir` and
     `runner.default_figures_dir` of the profile and data unless given."""
-    from .data.dataset import check_split, open_dataset, split_validation
-    from .data.sources import content_domain
-    from .profiles import get_profile
-    from .runner import default_figures_dir, default_run_dir
     p, timer = get_profile(profile, seed=seed), Timer()
     run_dir = Path(run_dir or default_run_dir(profile, data))
     with timer("open_data"):
         readme = {}
         if str(data) == EMBEDDED:
-            from .benchmark import build_benchmark
             readme = {"readme": str(build_benchmark(p, run_dir, progress=progress, force=rebuild).root / "README.md")}
         ds = open_dataset(data, size=p.data.resolution, policy=policy, p=p, run_dir=run_dir)
         if val_fraction:
@@ -139,7 +146,6 @@ def open_workbench(profile: str = "default", *, data=EMBEDDED, backbone=None, ru
     where = ds.description["spec"]
     for split in ("train", "val", "test"):
         if split == "val" and not (df["split"] == "val").any():
-            from .data.images import DataError
             raise DataError(where, "has no 'val' split to calibrate thresholds on: set val_fraction (notebook "
                                    "parameter / reproduce --val-fraction) to carve one from train (never from test)")
         check_split(df, split, where)

@@ -1,0 +1,1 @@
+"""Layer 8, cli: the command line and the notebook runner."""

@@ -1,0 +1,1 @@
+"""Layer 1, core: errors, atomic io, content keys and artifacts, provenance, paths, progress, configs."""

@@ -1,0 +1,1 @@
+"""Layer 4, engine: one training loop (`train.fit`), metrics, distances, losses."""

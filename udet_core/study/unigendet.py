@@ -1,0 +1,131 @@
+"""UniGenDet's studies on a workbench: the explanation metrics of Table 1/6 and the DIGA experiment of Table 4
+(teachers, feature extractors, generation metrics)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from udet_core.core.io import atomic_write_json
+from udet_core.core.keys import Artifact
+from udet_core.core.progress import tqdm
+from udet_core.data.images import to_tensor
+from udet_core.data.sources import caption_for, random_crops
+from udet_core.engine.distances import LPIPSDistance
+from udet_core.engine.metrics import (
+    calibrate_threshold,
+    explanation_metrics,
+    frechet_distance,
+    intra_prompt_diversity,
+    judged_real_share,
+    summary,
+)
+from udet_core.methods.diga import Diga
+from udet_core.methods.gduf import UniGenDet, UniGenDetDetector, cached_answers
+from udet_core.models.featnet import INCEPTION_FILE, load_featnet, save_featnet
+from udet_core.study.evaluation import summary_subsets
+from udet_core.world import zoo
+from udet_core.world.benchmark import method_artifact
+from udet_core.world.trainers import train_featnet
+
+
+def explanation_eval(det: UniGenDetDetector, wb):
+    """Paper Table 1/6 metrics of a fitted UniGenDet on the test split, one row per summary subset: bAcc, F1,
+    ROUGE-L, CSS of the answers (and how many could not be parsed), beside the head's bacc/AP/AUC at the
+    validation threshold. Returns (rows, the answers with their test rows)."""
+    x_test, test = wb.split("test")
+    out = cached_answers(det, x_test, wb.progress)
+    rows = []
+    for subset, m in summary_subsets(test).items():
+        y = test["label"].to_numpy()[m]
+        head = summary(y, out["prob_fake"].to_numpy()[m], det.threshold)
+        rows.append({"subset": subset, **explanation_metrics(y, list(test["explanation"][m]), list(out["explanation"][m])),
+                     "head_bacc": head["bacc"], "head_AP": head["AP"], "head_AUC": head["AUC"]})
+    return pd.DataFrame(rows), pd.concat([test, out.add_prefix("pred_")], axis=1)
+
+
+def fitted_diga(wb, *, seed: int, p=None, force: bool = False) -> tuple[UniGenDet, list[dict]]:
+    """The GDUF model of `seed` (the registry's `unigendet` artifact, profile `p`, default the workbench's) after DIGA
+    with `p.diga`, trained on the workbench's train split; cached under `<run_dir>/artifacts/diga-<hash>` (keyed by
+    the DIGA config and the teacher)."""
+    p, images, df, progress = p or wb.p, wb.images, wb.df, wb.progress
+    teacher = wb.fitted("unigendet", p=p, seed=seed)
+    art = method_artifact(wb.run_dir, "diga", p, p.diga, teacher.folder.name, seed)
+    if art.done and not force:
+        return UniGenDet.load(art.path), json.loads((art.path / "unigendet.json").read_text()).get("history", [])
+    out = art.begin()
+    torch.manual_seed(seed)
+    diga = Diga(UniGenDet.load(teacher.folder), p.diga)
+    train = (df["split"] == "train").to_numpy()
+    history = diga.train(images[train], df[train].reset_index(drop=True), seed=seed, out_dir=out, progress=progress)
+    val = (df["split"] == "val").to_numpy()
+    diga.student.threshold = calibrate_threshold(diga.student.probabilities(images[val]), df["label"].to_numpy()[val])
+    diga.save(out, {"history": history})
+    art.commit(seed=seed, teacher=str(teacher.folder))
+    return diga.student, history
+
+
+def feature_extractor(p, run_dir, progress: bool = False):
+    """(name, images -> features): torchvision's ImageNet Inception-v3 pool features when its weights are in the
+    torch hub cache, otherwise the workbench feature net trained on real crops (a cached artifact)."""
+    if (Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE).is_file():
+        from torchvision.models import Inception_V3_Weights, inception_v3
+        net = inception_v3(weights=Inception_V3_Weights.IMAGENET1K_V1).eval()
+        net.fc = nn.Identity()
+
+        def inception(images):
+            x = F.interpolate((to_tensor(images) + 1) / 2, size=(299, 299), mode="bilinear", align_corners=False)
+            mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+            std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+            with torch.no_grad():
+                return torch.cat([net((b - mean) / std) for b in x.split(64)]).numpy()
+        return "Inception-v3 (ImageNet weights)", inception
+    if p.zoo:
+        return "workbench feature net (pretrained zoo; substitute for Inception)", load_featnet(zoo.path(p, "featnet")).features
+    art = Artifact(run_dir, "featnet", p.data.resolution, p.geneval.featnet_steps, p.geneval.feature_dim, p.seed)
+    if not art.done:
+        out = art.begin()
+        net, history = train_featnet(p.data.resolution, p.geneval.featnet_steps, seed=p.seed, out_dir=out,
+                                     progress=progress, feature_dim=p.geneval.feature_dim)
+        save_featnet(net, out)
+        atomic_write_json(out / "history.json", history)
+        art.commit(seed=p.seed)
+    return "workbench feature net (substitute for Inception)", load_featnet(art.path).features
+
+
+def generation_metrics(models: dict, wb, *, seed: int) -> tuple[pd.DataFrame, dict]:
+    """UniGenDet Table 4 / D analogue for each {stage: UniGenDet}: FID-style distance between `n_samples` images
+    generated from the captions of fresh random crops of the training photos (the distribution every stage learned;
+    the crops are not in the manifest) and those crops, intra-prompt diversity over `per_prompt` samples of
+    `n_prompts` of the captions, and the share of samples each frozen judge (registry detectors fitted with `seed`)
+    calls real. Returns (one row per stage, {"samples": {stage: images}, "reference": crops, "prompts", "info"})."""
+    p, progress = wb.p, wb.progress
+    g = p.geneval
+    feat_name, features = feature_extractor(p, wb.run_dir, progress)
+    crops, meta = random_crops(p.data.split_photos["train"], g.n_samples, p.data.resolution, p.data.crop_scales,
+                               np.random.default_rng([p.seed, 4242]))
+    real_feats = features(crops)
+    prompts = [caption_for(m["source"], m["scale"]) for m in meta]
+    diverse = list(dict.fromkeys(prompts))[:g.n_prompts]
+    lpips = LPIPSDistance("vgg")
+    judges = {name: wb.fitted(name, seed=seed, progress=False) for name in g.judges}
+    rows, samples = [], {}
+    for stage, ug in tqdm(models.items(), desc="generation metrics", disable=not progress):
+        gen = np.concatenate([ug.generate(prompts[i:i + 64], seeds=range(i, min(i + 64, g.n_samples)))
+                              for i in range(0, g.n_samples, 64)])
+        samples[stage] = gen
+        groups = [ug.generate([c] * g.per_prompt, seeds=range(g.per_prompt)) for c in diverse]
+        row = {"stage": stage, "FID-style": frechet_distance(features(gen), real_feats),
+               "diversity": intra_prompt_diversity(groups, lpips)}
+        for name, det in judges.items():
+            row[f"judged real by {name}"] = judged_real_share(det.score(gen), det.threshold)
+        rows.append(row)
+    info = {"features": feat_name, "feature_dim": real_feats.shape[1], "diversity_distance": lpips.name,
+            "n_samples": g.n_samples,
+            "reference": "fresh crops of the training photos", "judges": list(g.judges)}
+    return pd.DataFrame(rows), {"samples": samples, "reference": crops, "prompts": prompts, "info": info}

@@ -1,0 +1,44 @@
+"""The stand-in weights the methods start from, resolved by name: the verified zoo (`data/zoo`) on profiles with a
+zoo, else the models the run directory trains for udet-mini. Methods never look weights up themselves; the study
+and the command line hand them in (`methods.base.Weights`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from udet_core.core.profiles import Profile
+from udet_core.methods.base import WEIGHT_NAMES, Weights
+from udet_core.methods.gduf import UniGenDet
+from udet_core.world import zoo
+from udet_core.world.benchmark import build_benchmark, train_generators
+
+
+def default_weights(p: Profile, run_dir, names=WEIGHT_NAMES) -> Weights:
+    """The profile's stand-ins for the `Weights` fields `names`: the detectors' SD Image Variation backbone
+    (`sdiv-<p.backbone>`), the benchmark's AutoencoderKL and, with a zoo, the pretrained unified model (GDUF
+    fine-tunes it; without a zoo UniGenDet is built from scratch). Nothing is loaded or trained for `names=()`."""
+    names = set(names)
+    if not names:
+        return Weights()
+    gens = train_generators(p, run_dir, progress=False) if names & {"image_variation", "vae"} else None
+    unified = zoo.path(p, "unified") / "unigendet" if p.zoo and "unified" in names else None
+    return Weights(image_variation=str(gens.backbone_path) if gens and "image_variation" in names else None,
+                   vae=str(gens.vae_path) if gens and "vae" in names else None,
+                   unified=str(unified) if unified else None)
+
+
+def weights_for(detector_cls, p: Profile, run_dir, backbone=None) -> Weights:
+    """The stand-in weights a detector class reads (`weights_needed`), none when a `backbone` replaces them."""
+    return default_weights(p, run_dir, () if backbone else detector_cls.weights_needed)
+
+
+def candidate_backbones(p: Profile, run_dir) -> dict[str, Path]:
+    """The SD Image Variation backbones a detector could start from, by name: the zoo's two stand-ins (pretrained on
+    train-split photos / on every photo; `p.backbone` picks the detectors' default), else the benchmark's own."""
+    if p.zoo:
+        return {f"sdiv-{photos}": zoo.path(p, f"sdiv-{photos}") / "pipeline" for photos in ("train", "all")}
+    return {"benchmark ldm generator": build_benchmark(p, run_dir, progress=False).generators.backbone_path}
+
+
+def pretrained_model(p: Profile) -> UniGenDet | None:
+    """The zoo's pretrained unified model before any GDUF (None when the profile trains from scratch)."""
+    return UniGenDet.load(default_weights(p, None, ("unified",)).unified) if p.zoo else None
