@@ -46,7 +46,8 @@ def test_a_registered_toy_detector_gets_every_table(bench, tiny_wb):
     register("toy-brightness")(Brightness)
     try:
         names, seeds = ["toy-brightness"], (0, 1, 2)
-        summ, fam, long, fam_long = evaluation.comparison(tiny_wb, names, seeds)
+        r = evaluation.comparison(tiny_wb, names, seeds)
+        summ, fam, long, fam_long = r.summary, r.per_family, r.long, r.family_long
         assert list(summ["subset"]) == ["all test", "reals + seen families", "reals + held-out families"]
         assert (summ["seeds"] == 3).all() and (summ["images_per_s"] > 0).all() and (summ["peak_rss_mb"] > 0).all()
         assert summ["AP"].str.fullmatch(r"\d\.\d{3} ± \d\.\d{3}").all()
@@ -62,16 +63,19 @@ def test_a_registered_toy_detector_gets_every_table(bench, tiny_wb):
         fitted("toy-brightness", p, run_dir, images, df, seed=1)
         assert len(Brightness.fitted_on) == n_fits          # cached: loaded, not refitted
 
-        matrix, xlong = evaluation.cross_domain(tiny_wb, names, seeds)
+        r = evaluation.cross_domain(tiny_wb, names, seeds)
+        matrix, xlong = r.summary, r.long
         assert set(matrix["train_domain"]) == {"scene", "science"}
         assert {"bacc on scene", "bacc on science"} <= set(matrix.columns)
         assert len(xlong) == 2 * 2 * 3 and xlong["n"].gt(0).all()
 
-        rob, rob_long = evaluation.robustness(tiny_wb, names, seeds)
+        r = evaluation.robustness(tiny_wb, names, seeds)
+        rob, rob_long = r.summary, r.long
         assert len(rob) == len(evaluation.robustness_conditions(p))
         assert len(rob_long) == len(rob) * 3 and (rob_long["n"] == 2 * p.eval.robustness_per_class).all()
 
-        fmt, fmt_long = evaluation.format_bias(tiny_wb, names, seeds)
+        r = evaluation.format_bias(tiny_wb, names, seeds)
+        fmt, fmt_long = r.summary, r.long
         assert len(fmt) == 1 and len(fmt_long) == 3
         assert fmt_long["flipped_all"].between(0, 1).all()
     finally:
@@ -91,7 +95,7 @@ def test_evaluation_scores_each_image_set_once(bench, tiny_wb):
     try:
         evaluation.format_bias(tiny_wb, ["toy-counting"], (0,))
         n = len(calls)
-        again, _ = evaluation.format_bias(tiny_wb, ["toy-counting"], (0,))
+        again = evaluation.format_bias(tiny_wb, ["toy-counting"], (0,)).summary
         assert n >= 2 and len(calls) == n                         # the rerun read the stored scores
         assert again["flipped_all"].str.match(r"\d").all()
     finally:
@@ -148,7 +152,7 @@ def test_aeroblade_takes_the_minimum_over_autoencoders(bench, tmp_path):
     other = AutoencoderKL.from_config(vae.config)                 # an untrained second autoencoder
     other.save_pretrained(tmp_path / "other_ae")
     det = Aeroblade(replace(p, aeroblade=replace(p.aeroblade, extra_autoencoders=(str(tmp_path / "other_ae"),))),
-                    run_dir)
+                    run_dir, weights=default_weights(p, run_dir))
     assert len(det.autoencoders()) == 2
     x = to_tensor(images[:6])
     a, b = (aeroblade_score([v], det.lpips, x, 2) for v in det.autoencoders())
@@ -220,7 +224,8 @@ def test_ablation_variants_change_one_setting_each(tiny):
 def test_ablation_table_fits_each_variant_per_seed_and_shares_the_full_model(bench, tiny_wb):
     p, run_dir, images, df = bench
     variants = {"full": p, "L2": replace(p, craft=replace(p.craft, loss="l2"))}
-    summ, long = evaluation.ablation(tiny_wb, variants, seeds=(0, 1))
+    r = evaluation.ablation(tiny_wb, variants, seeds=(0, 1))
+    summ, long = r.summary, r.long
     assert len(long) == 2 * 2 * 3 and set(long["variant"]) == {"full", "L2"}
     assert summ["seeds"].eq(2).all()
     full0 = long[(long.variant == "full") & (long.seed == 0) & (long.subset == "all test")].iloc[0]

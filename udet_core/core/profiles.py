@@ -20,6 +20,8 @@ class DataConfig:
     crop_scales: tuple[float, ...] = (0.12, 0.25, 0.5, 1.0)
     n_real: dict = field(default_factory=lambda: {"train": 192, "val": 64, "test": 96})
     # photos (by group name, see udet_core.data.sources.PHOTOS) in each split; train+val are the train domain
+    generator_pool: int = 2048        # train-domain crops the benchmark's own generators learn from (no zoo)
+    pretrain_pool: int = 8192         # crops per photo set the zoo pretrains on (`python -m udet_core pretrain`)
     split_photos: dict = field(default_factory=lambda: {
         "train": ("astronaut", "coffee", "rocket", "immunohistochemistry", "china"),
         "val": ("chelsea", "retina"),
@@ -310,7 +312,8 @@ class Profile:
 def _tiny() -> Profile:
     return Profile(
         name="tiny", zoo=False,
-        data=DataConfig(resolution=16, n_real={"train": 32, "val": 16, "test": 16}),
+        data=DataConfig(resolution=16, n_real={"train": 32, "val": 16, "test": 16}, generator_pool=64,
+                        pretrain_pool=256),
         vae=VAEConfig(block_out_channels=(8, 16), norm_num_groups=8, steps=4, batch_size=8),
         sdiv=ImageVariationConfig(unet_block_out_channels=(16, 32), attention_head_dim=4, clip_hidden_size=16,
                                   clip_layers=1, clip_heads=2, projection_dim=16, num_train_timesteps=100,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +120,13 @@ class Suffix(nn.Module):
 
 
 # ------------------------------------------------------------------ the model
+
+@dataclass(frozen=True)
+class CraftScores:
+    """What CRAFT computes per image: P(fake) (eq. 8, the detector's score) and the distance d it is built on."""
+    p_fake: np.ndarray     # (N,) float64
+    distance: np.ndarray   # (N,) d(x, x_hat)
+
 
 class Craft:
     """Frozen base backbone (prefix) + trainable copies (suffix) + distance classifier."""
@@ -272,7 +279,7 @@ class Craft:
 
     @torch.no_grad()
     def score(self, x: torch.Tensor, fast: bool = False, batch_size: int = 64, progress: bool = False,
-              z: torch.Tensor | None = None):
+              z: torch.Tensor | None = None) -> CraftScores:
         """Per image: P(fake) from the classifier and the reconstruction distance (`z`: the images' prefix
         latents when already computed, see `prefix_cache`)."""
         probs, dists = [], []
@@ -282,7 +289,7 @@ class Craft:
             d = self.distance(b, x_hat)
             probs.append(self.cls.logit(d.double()).sigmoid())   # float64: no ties where float32 would round
             dists.append(d)
-        return torch.cat(probs).numpy(), torch.cat(dists).numpy()
+        return CraftScores(torch.cat(probs).numpy(), torch.cat(dists).numpy())
 
     def eval(self):
         self.suffix.eval()
@@ -420,8 +427,8 @@ class EarlyStopping:
         if self.probe is not None:
             sets["train"] = (self.probe[0], self.probe[1], self.probe[2].numpy())
         for name, (x, z, y) in sets.items():
-            p_fake, d = self.model.score(x, batch_size=c.eval_batch_size, z=z)
-            row.update({f"{name}_{k}": v for k, v in signal_audit(y, p_fake, d).items()})
+            s = self.model.score(x, batch_size=c.eval_batch_size, z=z)
+            row.update({f"{name}_{k}": v for k, v in signal_audit(y, s.p_fake, s.distance).items()})
         self.model.suffix.train(), self.model.cls.train()
         return row
 
@@ -708,21 +715,28 @@ class CraftDetector(Detector):
         self.chosen_step = info["chosen_step"]
         return info
 
-    def _scores(self, images, fast=False, progress=False, which: int = 0):
-        """P(fake) (`which` 1: the distance d); the frozen prefix of these images is cached (shared by seeds and by
-        variants that agree on it)."""
+    def _scores(self, images, fast=False, progress=False) -> CraftScores:
+        """P(fake) and the distance d; the frozen prefix of these images is cached (shared by seeds and by variants
+        that agree on it)."""
         x = to_tensor(images)   # at the input size the data set's resolution policy gave them
         z = prefix_cache(self.model, x, self.cfg.eval_batch_size, fast, progress,
                          cache_dir=cache_dir(self.run_dir) if self.use_cache else None)
-        return self.model.score(x, fast, self.cfg.eval_batch_size, progress, z=z)[which]
+        return self.model.score(x, fast, self.cfg.eval_batch_size, progress, z=z)
 
     def raw_signal(self, images, *, progress=False):
         """The reconstruction distance d that P(fake) is a monotone function of (`DistanceClassifier`)."""
-        return self._scores(images, fast=self.fast, progress=progress, which=1)
+        return self._scores(images, fast=self.fast, progress=progress).distance
 
     def score(self, images, *, progress=False):
         """P(fake) of full-mode CRAFT (with `fast`: CRAFT-fast, a different detector with its own threshold)."""
-        return self._scores(images, fast=self.fast, progress=progress)
+        return self._scores(images, fast=self.fast, progress=progress).p_fake
+
+    def fast_variant(self) -> "CraftDetector":
+        """CRAFT-fast (`FAST_MODE`), a different detector sharing this one's weights: scores in fast mode, at its own
+        validation threshold. A new object; this detector is left as it is."""
+        fast = copy.copy(self)
+        fast.fast, fast.threshold = True, self.threshold_fast
+        return fast
 
     def calibrate(self, val, *, progress=False, workers=0):
         super().calibrate(val, progress=progress, workers=workers)

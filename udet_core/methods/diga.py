@@ -67,13 +67,15 @@ class Diga:
         Returns (total, {term: value})."""
         model, projector, s = modules["model"], modules["projector"], self.student
         x, task = batch[0], batch[-1]
-        l_cls, l_exp, l_fm, gen_out, n_caption = s.step_terms(model, batch, hidden_layers=(self.cfg.student_layer,))
+        t = s.step_terms(model, batch, hidden_layers=(self.cfg.student_layer,))
+        l_fm = t.l_gen
         l_diga = l_fm.new_zeros(())
-        if gen_out is not None:
-            states = gen_out["hidden"][self.cfg.student_layer][:, n_caption:]
+        if t.generation is not None:
+            states = t.generation["hidden"][self.cfg.student_layer][:, t.caption_len:]
             l_diga = diga_loss(projector(states), teacher_features(self.teacher, x[task == 1], self.teacher_layer))
-        total = gduf_total_loss(l_cls, l_exp, diga_total_loss(l_fm, l_diga, self.cfg.lam), s.cfg.w_cls, s.cfg.w_exp, 1.0)
-        return total, {"L_cls": l_cls.item(), "L_exp": l_exp.item(), "L_FM": l_fm.item(), "L_DIGA": l_diga.item()}
+        total = gduf_total_loss(t.l_cls, t.l_exp, diga_total_loss(l_fm, l_diga, self.cfg.lam), s.cfg.w_cls, s.cfg.w_exp,
+                                1.0)
+        return total, {"L_cls": t.l_cls.item(), "L_exp": t.l_exp.item(), "L_FM": l_fm.item(), "L_DIGA": l_diga.item()}
 
     def train(self, images: np.ndarray, df: pd.DataFrame, *, seed: int, out_dir=None, progress: bool = True,
               checkpoint_every: int = 100) -> list[dict]:

@@ -10,7 +10,7 @@ samples per detection sample. `UniGenDet` wraps model + tokenizer + frozen VAE w
 """
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,16 @@ from udet_core.models.unified import (
 
 def gduf_config_from_dict(d: dict) -> GdufConfig:
     return GdufConfig(**{**d, "model": UnifiedConfig(**d["model"])})
+
+
+@dataclass
+class StepTerms:
+    """One forward of a mixed batch (`UniGenDet.step_terms`): the loss terms and what DIGA reads of the generation."""
+    l_cls: torch.Tensor        # eq. 6 on the detection rows (0 without any)
+    l_exp: torch.Tensor        # eq. 7 on the detection rows
+    l_gen: torch.Tensor        # eq. 5 + 8 (flow matching) on the generation rows (0 without any)
+    generation: dict | None    # the generation pass's outputs, with the requested hidden states
+    caption_len: int           # caption tokens before the image tokens in those states
 
 
 class UniGenDet:
@@ -151,14 +161,15 @@ class UniGenDet:
 
     def pretraining_terms(self, model: UnifiedModel, batch: tuple):
         """(captioning LM loss, flow-matching loss) of a pretraining batch."""
-        _, l_cap, l_gen, _, _ = self.step_terms(model, batch, instruction=CAPTION_INSTRUCTION)
+        t = self.step_terms(model, batch, instruction=CAPTION_INSTRUCTION)
+        l_cap, l_gen = t.l_exp, t.l_gen
         return l_cap, l_gen
 
-    def step_terms(self, model: UnifiedModel, batch: tuple, hidden_layers=(), instruction: str = INSTRUCTION):
+    def step_terms(self, model: UnifiedModel, batch: tuple, hidden_layers=(), instruction: str = INSTRUCTION) -> StepTerms:
         """One forward of the mixed batch: eq. 6 (head cross-entropy) and eq. 7 (explanation LM loss) on the detection
-        rows, eq. 5 + 8 (flow matching) on the generation rows (zero where a task has no rows). Returns
-        (l_cls, l_exp, l_gen, the generation output with the `hidden_layers` states, caption length). With the
-        captioning instruction and captions as answers, the detection rows are pretraining's understanding task."""
+        rows, eq. 5 + 8 (flow matching) on the generation rows (zero where a task has no rows), with the generation
+        output's `hidden_layers` states. With the captioning instruction and captions as answers, the detection rows
+        are pretraining's understanding task."""
         x, z, y, answers, captions, task = batch
         det, gen = task == 0, task == 1
         det_in = gen_in = None
@@ -180,13 +191,13 @@ class UniGenDet:
             l_exp = gduf_explanation_loss(d["lm_logits"][:, :-1], a[:, 1:].masked_fill(~det_in["answer_valid"][:, 1:], -100))
         if gen_in is not None:
             l_gen = flow_matching_loss(out["generation"]["velocity"], x0, noise)
-        return l_cls, l_exp, l_gen, out["generation"], 0 if gen_in is None else gen_in["caption"].shape[1]
+        return StepTerms(l_cls, l_exp, l_gen, out["generation"], 0 if gen_in is None else gen_in["caption"].shape[1])
 
     def loss(self, model: UnifiedModel, batch: tuple):
         """Eq. 9 on one mixed batch. Returns (total, {term: value})."""
-        l_cls, l_exp, l_gen, _, _ = self.step_terms(model, batch)
-        total = gduf_total_loss(l_cls, l_exp, l_gen, self.cfg.w_cls, self.cfg.w_exp, self.cfg.w_gen)
-        return total, {"L_cls": l_cls.item(), "L_exp": l_exp.item(), "L_gen": l_gen.item()}
+        t = self.step_terms(model, batch)
+        total = gduf_total_loss(t.l_cls, t.l_exp, t.l_gen, self.cfg.w_cls, self.cfg.w_exp, self.cfg.w_gen)
+        return total, {"L_cls": t.l_cls.item(), "L_exp": t.l_exp.item(), "L_gen": t.l_gen.item()}
 
     def train(self, data, *, seed: int, out_dir=None, progress: bool = True, checkpoint_every: int = 100,
               workers: int = 0) -> list[dict]:

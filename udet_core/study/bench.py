@@ -73,7 +73,7 @@ def craft_detect(checkpoint, wb, split: str = "test", batch_size: int = 64) -> l
     rows = []
     for fast in (False, True):
         t0 = time.perf_counter()
-        s, _ = model.score(x, fast=fast, batch_size=batch_size)
+        s = model.score(x, fast=fast, batch_size=batch_size).p_fake
         wall = time.perf_counter() - t0
         thr = model.threshold_fast if fast else model.threshold
         rows.append({"mode": FAST_MODE if fast else "CRAFT (full: n inversion steps)", "unet_evals_per_image":
@@ -97,7 +97,8 @@ def craft_distance(wb, names=("mse", "lpips-vgg", "vae-features"), steps: int = 
         t0 = time.perf_counter()
         hist = train(model, x, y, seed=seed, progress=True)
         wall = time.perf_counter() - t0
-        s, d = model.eval().score(xv)
+        scores = model.eval().score(xv)
+        s, d = scores.p_fake, scores.distance
         yn = yv.numpy()
         rows.append({"distance": distance_label(model.distance), "train_s": round(wall, 1), "steps": steps,
                      "val_AUC": round(roc_auc_score(yn, s), 3), "val_AUC_of_raw_distance": round(roc_auc_score(yn, d), 3),

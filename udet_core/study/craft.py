@@ -50,7 +50,7 @@ def premise_check(wb, backbone=None, split: str = "test", distances=None):
     for name in distances or (cfg.distance,):
         model.distance = make_distance(name, model.base.vae)
         scores["d (frozen, perturbed)", distance_label(model.distance)] = \
-            model.score(x, batch_size=cfg.eval_batch_size, z=z)[1]
+            model.score(x, batch_size=cfg.eval_batch_size, z=z).distance
     rows = []
     for (name, dist), s in scores.items():
         fam = per_family_table(test, s, split=split)

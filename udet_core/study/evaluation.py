@@ -6,20 +6,23 @@ always the ones calibrated on validation data; the test split only ever gets sco
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from sklearn.metrics import balanced_accuracy_score
 
+from udet_core.core.errors import DataError
 from udet_core.core.progress import tqdm
 from udet_core.data import perturb
 from udet_core.data.dataset import check_split
 from udet_core.engine.metrics import mean_std_table, per_family_table, summary
 from udet_core.methods.base import (
     cached_scores,
-    load_detector,
     score_dataset,
     scoring_cost,
 )
+from udet_core.world.weights import reload_detector
 
 METRICS = ["bacc", "AP", "AUC", "TPR@5%FPR", "real_acc", "fake_acc"]
 
@@ -40,30 +43,66 @@ def focus_subset(long: pd.DataFrame) -> str:
     return "reals + held-out families" if "reals + held-out families" in set(long["subset"]) else "all test"
 
 
-def comparison(wb, detectors=None, seeds=None, cost_images: int = 128):
+@dataclass
+class Evaluation:
+    """A study's tables: `summary` (mean ± std over seeds; for `cross_domain` the train x test domain matrix),
+    `long` (one row per detector or variant x seed x subset or condition) and, where a study has them, the per-family
+    tables."""
+    summary: pd.DataFrame
+    long: pd.DataFrame
+    per_family: pd.DataFrame | None = None
+    family_long: pd.DataFrame | None = None
+
+
+@dataclass
+class Cell:
+    """One fitted detector of a study's grid: the detector, its seed, and optionally a variant's profile and the
+    rows it is fitted and calibrated on (default: the workbench's train and val splits)."""
+    detector: str
+    seed: int
+    variant: str | None = None
+    p: object = None
+    train_mask: np.ndarray | None = None
+    val_mask: np.ndarray | None = None
+
+
+def fitted_cells(wb, cells, desc: str, progress: bool | None = None):
+    """The loop every study runs, written once: each cell's detector fitted in order (cached by content), with one
+    progress bar; yields (cell, detector). `progress` is the fits' own (default: the workbench's)."""
+    for cell in tqdm(list(cells), desc=desc, disable=not wb.progress):
+        masks = {k: v for k, v in (("train_mask", cell.train_mask), ("val_mask", cell.val_mask)) if v is not None}
+        yield cell, wb.fitted(cell.detector, p=cell.p, seed=cell.seed, progress=progress, **masks)
+
+
+def subset_rows(det, x_test: np.ndarray, test: pd.DataFrame, progress: bool = False, **columns) -> list[dict]:
+    """One row per summary subset (`summary_subsets`) of `det` on the test images: the metrics at its validation
+    threshold and the AUC of its raw signal, after `columns`."""
+    y = test["label"].to_numpy()
+    s, raw = cached_scores(det, x_test, progress), cached_scores(det, x_test, progress, raw=True)
+    return [{**columns, "subset": subset, **summary(y[m], s[m], det.threshold), "AUC_raw": raw_auc(y[m], raw, m)}
+            for subset, m in summary_subsets(test).items()]
+
+
+def comparison(wb, detectors=None, seeds=None, cost_images: int = 128) -> Evaluation:
     """The comparison table (CRAFT Table 1/3 analogue) on the workbench's data set for every detector and seed.
 
     `fit_s` is the training time per seed (for CRAFT without building the frozen-prefix cache, which seeds share).
-    Returns (summary: mean ± std per detector and subset with cost columns, per_family: mean ± std per detector
-    and family, long: one row per detector x seed x subset, family_long: one row per detector x seed x family).
+    Summary: mean ± std per detector and subset with cost columns; per family: mean ± std per detector and family;
+    long: one row per detector x seed x subset; family_long: one row per detector x seed x family.
     """
-    detectors, seeds, progress = wb.applicable(detectors or wb.p.eval.detectors), seeds or wb.p.eval.seeds, wb.progress
+    detectors, seeds = wb.applicable(detectors or wb.p.eval.detectors), seeds or wb.p.eval.seeds
     x_test, test = wb.split("test")
-    y_test = test["label"].to_numpy()
-    rows, fam_rows, costs = [], [], []
-    for name in detectors:
-        fit_s = []
-        for seed in tqdm(seeds, desc=f"{name} seeds", disable=not progress):
-            det = wb.fitted(name, seed=seed)
-            fit_s.append(det.fit_s)
-            s, raw = cached_scores(det, x_test, progress), cached_scores(det, x_test, progress, raw=True)
-            for subset, m in summary_subsets(test).items():
-                rows.append({"detector": name, "seed": seed, "subset": subset, **summary(y_test[m], s[m], det.threshold),
-                             "AUC_raw": raw_auc(y_test[m], raw, m)})
-            fam = per_family_table(test, s, threshold=det.threshold)
-            fam_rows.append(fam.assign(detector=name, seed=seed))
-        cost = scoring_cost(det, x_test[:cost_images])
-        costs.append({"detector": name, "fit_s": float(np.mean(fit_s)), **cost})
+    rows, fam_rows, fit_s, costs = [], [], [], []
+    cells = [Cell(name, seed) for name in detectors for seed in seeds]
+    for i, (cell, det) in enumerate(fitted_cells(wb, cells, "comparison")):
+        fit_s.append(det.fit_s)
+        rows += subset_rows(det, x_test, test, wb.progress, detector=cell.detector, seed=cell.seed)
+        fam = per_family_table(test, cached_scores(det, x_test, wb.progress), threshold=det.threshold)
+        fam_rows.append(fam.assign(detector=cell.detector, seed=cell.seed))
+        if i % len(seeds) == len(seeds) - 1:   # the detector's last seed: its scoring cost, its mean fit time
+            costs.append({"detector": cell.detector, "fit_s": float(np.mean(fit_s)),
+                          **scoring_cost(det, x_test[:cost_images])})
+            fit_s = []
     long = pd.DataFrame(rows)
     family_long = pd.concat(fam_rows, ignore_index=True)
     summ = mean_std_table(long, ["detector", "subset"], METRICS + ["AUC_raw"])
@@ -71,7 +110,7 @@ def comparison(wb, detectors=None, seeds=None, cost_images: int = 128):
     summ = summ.merge(cost, on="detector")
     fam_metrics = ["AP", "AUC", "TPR@5%FPR", "fake_acc", "real_acc"]
     per_family = mean_std_table(family_long, ["detector", "role", "family"], fam_metrics)
-    return summ, per_family, long, family_long
+    return Evaluation(summ, long, per_family, family_long)
 
 
 def raw_auc(y: np.ndarray, raw: np.ndarray | None, mask) -> float:
@@ -97,26 +136,22 @@ def paired_differences(long: pd.DataFrame, pairs, metrics=("AUC", "bacc"), subse
     return pd.DataFrame(rows)
 
 
-def ablation(wb, variants: dict, seeds, detector: str = "craft"):
+def ablation(wb, variants: dict, seeds, detector: str = "craft") -> Evaluation:
     """One detector under several profiles (`variants`: name -> Profile), each fitted per seed with the common
     protocol (the workbench's train split, validation threshold) and scored on its test split.
 
-    Returns (summary: mean ± std per variant and subset, with the mean fit time; long: variant x seed x subset)."""
+    Summary: mean ± std per variant and subset, with the mean fit time; long: variant x seed x subset."""
     x_test, test = wb.split("test")
-    y_test = test["label"].to_numpy()
     rows = []
-    for variant, p in tqdm(variants.items(), desc=f"{detector} variants", disable=not wb.progress):
-        for seed in seeds:
-            det = wb.fitted(detector, p=p, seed=seed, progress=False)
-            s, raw = cached_scores(det, x_test), cached_scores(det, x_test, raw=True)
-            for subset, m in summary_subsets(test).items():
-                rows.append({"variant": variant, "seed": seed, "subset": subset, "fit_s": det.fit_s,
-                             **summary(y_test[m], s[m], det.threshold), "AUC_raw": raw_auc(y_test[m], raw, m),
-                             "chosen_step": getattr(det, "chosen_step", None)})
+    cells = [Cell(detector, seed, variant, p) for variant, p in variants.items() for seed in seeds]
+    for cell, det in fitted_cells(wb, cells, f"{detector} variants", progress=False):
+        rows += [{"variant": cell.variant, "seed": cell.seed, "subset": r["subset"], "fit_s": det.fit_s, **r,
+                  "chosen_step": getattr(det, "chosen_step", None)}
+                 for r in subset_rows(det, x_test, test, variant=cell.variant, seed=cell.seed)]
     long = pd.DataFrame(rows)
     summ = mean_std_table(long, ["variant", "subset"], ["bacc", "AP", "AUC", "AUC_raw", "real_acc", "fake_acc"])
     fit = long.groupby(["variant", "subset"], sort=False)["fit_s"].mean().round(1).reset_index()
-    return summ.merge(fit, on=["variant", "subset"]), long
+    return Evaluation(summ.merge(fit, on=["variant", "subset"]), long)
 
 
 def seed_stats(long, metric: str, subset: str) -> tuple[pd.Series, pd.Series]:
@@ -211,37 +246,37 @@ def craft_paper_claims(tables: dict, variants: dict, k: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def cross_domain(wb, detectors=None, seeds=None):
+def cross_domain(wb, detectors=None, seeds=None) -> Evaluation:
     """CRAFT Table 1 analogue: fit on one content domain (train + val rows of that domain), test on each.
 
     Only images with a content domain (`wb.df.content`) take part: on udet-mini, reals and the families made from
     real crops (their `source` names a photo; unconditional samples have none); elsewhere the manifest's `domain`
-    (e.g. DiffusionForensics' imagenet / lsun_bedroom). Returns (matrix of 'bacc mean ± std' with rows detector x
-    train domain and one column per test domain, long table); both empty with fewer than two domains.
+    (e.g. DiffusionForensics' imagenet / lsun_bedroom). Summary: the matrix of 'bacc mean ± std' with rows detector x
+    train domain and one column per test domain; both tables empty with fewer than two domains.
     """
-    p, images, df, progress = wb.p, wb.images, wb.df, wb.progress
+    p, images, df = wb.p, wb.images, wb.df
     detectors, seeds = wb.applicable(detectors or p.eval.cross_domain_detectors), seeds or p.eval.seeds
     has = df["content"].notna().to_numpy()
     domains = sorted(df.loc[has, "content"].unique())
     if len(domains) < 2:
-        return pd.DataFrame(columns=["detector", "train_domain"]), pd.DataFrame()
+        return Evaluation(pd.DataFrame(columns=["detector", "train_domain"]), pd.DataFrame())
     rows = []
-    for name in detectors:
-        for train_dom in domains:
-            in_dom = has & (df["content"] == train_dom).to_numpy()
-            for seed in tqdm(seeds, desc=f"{name} trained on {train_dom}", disable=not progress):
-                det = wb.fitted(name, seed=seed, train_mask=in_dom & (df["split"] == "train").to_numpy(),
-                                val_mask=in_dom & (df["split"] == "val").to_numpy())
-                for test_dom in domains:
-                    m = has & (df["split"] == "test").to_numpy() & (df["content"] == test_dom).to_numpy()
-                    y = df["label"].to_numpy()[m]
-                    rows.append({"detector": name, "train_domain": train_dom, "test_domain": test_dom, "seed": seed,
-                                 **summary(y, cached_scores(det, images[m]), det.threshold)})
+    in_dom = {d: has & (df["content"] == d).to_numpy() for d in domains}
+    cells = [Cell(name, seed, train_dom, None, in_dom[train_dom] & (df["split"] == "train").to_numpy(),
+                  in_dom[train_dom] & (df["split"] == "val").to_numpy())
+             for name in detectors for train_dom in domains for seed in seeds]
+    for cell, det in fitted_cells(wb, cells, "cross-domain"):
+        name, train_dom, seed = cell.detector, cell.variant, cell.seed
+        for test_dom in domains:
+            m = has & (df["split"] == "test").to_numpy() & (df["content"] == test_dom).to_numpy()
+            y = df["label"].to_numpy()[m]
+            rows.append({"detector": name, "train_domain": train_dom, "test_domain": test_dom, "seed": seed,
+                         **summary(y, cached_scores(det, images[m]), det.threshold)})
     long = pd.DataFrame(rows)
-    cells = mean_std_table(long, ["detector", "train_domain", "test_domain"], ["bacc", "AP"])
-    matrix = cells.pivot(index=["detector", "train_domain"], columns="test_domain", values="bacc")
+    cell_table = mean_std_table(long, ["detector", "train_domain", "test_domain"], ["bacc", "AP"])
+    matrix = cell_table.pivot(index=["detector", "train_domain"], columns="test_domain", values="bacc")
     matrix.columns = [f"bacc on {c}" for c in matrix.columns]
-    return matrix.reset_index(), long
+    return Evaluation(matrix.reset_index(), long)
 
 
 def robustness_conditions(p) -> list[dict]:
@@ -261,58 +296,56 @@ def balanced_test_sample(df, n_per_class: int, seed: int = 0) -> np.ndarray:
     return np.concatenate(out)
 
 
-def robustness(wb, detectors=None, seeds=None):
+def robustness(wb, detectors=None, seeds=None) -> Evaluation:
     """Scores of both classes under each post-processing condition, at the clean validation threshold.
 
-    Returns (summary: mean ± std of bacc and AP per detector and condition, long table)."""
-    p, images, df, progress = wb.p, wb.images, wb.df, wb.progress
+    Summary: mean ± std of bacc and AP per detector and condition."""
+    p, images, df = wb.p, wb.images, wb.df
     detectors, seeds = wb.applicable(detectors or p.eval.detectors), seeds or p.eval.seeds
     idx = balanced_test_sample(df, p.eval.robustness_per_class)
     y = df["label"].to_numpy()[idx]
     conds = robustness_conditions(p)
     perturbed = [np.stack([perturb.apply(a, **c) for a in images[idx]]) for c in conds]
     rows = []
-    for name in detectors:
-        for seed in seeds:
-            det = wb.fitted(name, seed=seed)
-            for c, x in zip(tqdm(conds, desc=f"{name} seed {seed} robustness", disable=not progress), perturbed):
-                s = cached_scores(det, x)
-                rows.append({"detector": name, "seed": seed, "jpeg_quality": c["jpeg_quality"] or "none",
-                             "crop_ratio": c["crop_ratio"], "blur_sigma": c["blur_sigma"],
-                             **summary(y, s, det.threshold)})
+    for cell, det in fitted_cells(wb, [Cell(n, seed) for n in detectors for seed in seeds], "robustness"):
+        name, seed = cell.detector, cell.seed
+        for c, x in zip(conds, perturbed):
+            s = cached_scores(det, x)
+            rows.append({"detector": name, "seed": seed, "jpeg_quality": c["jpeg_quality"] or "none",
+                         "crop_ratio": c["crop_ratio"], "blur_sigma": c["blur_sigma"],
+                         **summary(y, s, det.threshold)})
     long = pd.DataFrame(rows)
     summ = mean_std_table(long, ["detector", "jpeg_quality", "crop_ratio", "blur_sigma"], ["bacc", "AP"])
-    return summ, long
+    return Evaluation(summ, long)
 
 
-def format_bias(wb, detectors=None, seeds=None):
+def format_bias(wb, detectors=None, seeds=None) -> Evaluation:
     """Score every test image as stored (PNG) and after a JPEG round trip at `p.eval.format_jpeg_quality`:
     how many decisions flip, per class, and how far the mean score moves in units of the PNG scores' standard
     deviation (DIRE's JPEG/PNG confound).
 
-    Returns (summary mean ± std per detector, long table)."""
-    p, images, df, progress = wb.p, wb.images, wb.df, wb.progress
+    Summary: mean ± std per detector."""
+    p, images, df = wb.p, wb.images, wb.df
     detectors, seeds = wb.applicable(detectors or p.eval.detectors), seeds or p.eval.seeds
     m = (df["split"] == "test").to_numpy()
     x_png, y = images[m], df["label"].to_numpy()[m]
     q = p.eval.format_jpeg_quality
     x_jpg = np.stack([perturb.jpeg(a, q) for a in x_png])
     rows = []
-    for name in detectors:
-        for seed in tqdm(seeds, desc=f"{name} format bias", disable=not progress):
-            det = wb.fitted(name, seed=seed)
-            s_png, s_jpg = cached_scores(det, x_png), cached_scores(det, x_jpg)
-            d_png, d_jpg = s_png >= det.threshold, s_jpg >= det.threshold
-            flip = d_png != d_jpg
-            rows.append({"detector": name, "seed": seed, "flipped_all": flip.mean(), "flipped_real": flip[y == 0].mean(),
-                         "flipped_fake": flip[y == 1].mean(),
-                         "real_called_fake_png": d_png[y == 0].mean(), "real_called_fake_jpeg": d_jpg[y == 0].mean(),
-                         "fake_called_fake_png": d_png[y == 1].mean(), "fake_called_fake_jpeg": d_jpg[y == 1].mean(),
-                         "bacc_png": balanced_accuracy_score(y, d_png), "bacc_jpeg": balanced_accuracy_score(y, d_jpg),
-                         "score_shift_in_sd": float((s_jpg - s_png).mean() / max(s_png.std(), 1e-12))})
+    for cell, det in fitted_cells(wb, [Cell(n, seed) for n in detectors for seed in seeds], "format bias"):
+        name, seed = cell.detector, cell.seed
+        s_png, s_jpg = cached_scores(det, x_png), cached_scores(det, x_jpg)
+        d_png, d_jpg = s_png >= det.threshold, s_jpg >= det.threshold
+        flip = d_png != d_jpg
+        rows.append({"detector": name, "seed": seed, "flipped_all": flip.mean(), "flipped_real": flip[y == 0].mean(),
+                     "flipped_fake": flip[y == 1].mean(),
+                     "real_called_fake_png": d_png[y == 0].mean(), "real_called_fake_jpeg": d_jpg[y == 0].mean(),
+                     "fake_called_fake_png": d_png[y == 1].mean(), "fake_called_fake_jpeg": d_jpg[y == 1].mean(),
+                     "bacc_png": balanced_accuracy_score(y, d_png), "bacc_jpeg": balanced_accuracy_score(y, d_jpg),
+                     "score_shift_in_sd": float((s_jpg - s_png).mean() / max(s_png.std(), 1e-12))})
     long = pd.DataFrame(rows)
     metrics = [c for c in long.columns if c not in ("detector", "seed")]
-    return mean_std_table(long, ["detector"], metrics), long
+    return Evaluation(mean_std_table(long, ["detector"], metrics), long)
 
 
 def evaluate_checkpoints(checkpoints, dataset_for, *, batch_size: int = 64, num_workers: int = 0,
@@ -326,7 +359,7 @@ def evaluate_checkpoints(checkpoints, dataset_for, *, batch_size: int = 64, num_
 
     rows, fams, scores, runs = [], [], [], []
     for folder in checkpoints:
-        det = load_detector(folder)
+        det = reload_detector(folder)
         det.use_cache = False        # no per-image caches on data of unknown size
         ds = dataset_for(det).subset("test")
         test = check_split(ds.manifest, "test", ds.description.get("spec", "data set"))
@@ -335,6 +368,11 @@ def evaluate_checkpoints(checkpoints, dataset_for, *, batch_size: int = 64, num_
         wall = time.perf_counter() - t0
         ok = ~np.isnan(s)
         kept, y = test[ok].reset_index(drop=True), test["label"].to_numpy()[ok]
+        n_real, n_fake = int((y == 0).sum()), int((y == 1).sum())
+        if not n_real or not n_fake:
+            raise DataError(ds.description.get("spec", "data set"), f"after skipping {len(problems)} unreadable "
+                            f"file(s) (e.g. {problems[0][0] if problems else 'none'}), the test split has {n_real} "
+                            f"real and {n_fake} fake images left; scoring needs both")
         roles = set(kept["role"]) & {"seen", "held_out"}
         subsets = summary_subsets(kept) if roles else {"all test": np.ones(len(kept), bool)}
         for subset, m in subsets.items():

@@ -4,7 +4,7 @@ instead of `(p, run_dir, images, df)` passed to every function.
     wb = open_workbench("default")                                        # udet-mini, the stand-in backbones
     wb = open_workbench("default", data="/data/DiffusionForensics", backbone="/ckpt/sd-image-variations-diffusers")
     det = wb.fitted("craft")                                              # fitted on wb's train rows, cached
-    wb.table(evaluation.comparison(wb)[0], "03_comparison", wb.p)         # CSV + Markdown + provenance JSON
+    wb.table(evaluation.comparison(wb).summary, "03_comparison", wb.p)       # CSV + Markdown + provenance JSON
 
 Notebooks open one (their `data` and `backbone` papermill parameters), library functions take one. The data set is
 held in memory at the profile's input size (the notebooks' scale); data sets larger than memory go through the

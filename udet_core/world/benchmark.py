@@ -46,7 +46,6 @@ from udet_core.models.realesrgan import RealESRGAN, realesrgan_fakes, weights_sh
 from udet_core.models.sampling import ddim_sample, seeded_noise
 from udet_core.world import zoo
 from udet_core.world.trainers import (
-    GENERATOR_POOL,
     generator_pool,
     stream_rng,
     train_gan,
@@ -306,7 +305,7 @@ def _provenance_of_generators(p: Profile) -> str:
                 "the pretrained zoo (`data/zoo/<name>/MODEL_CARD.md`), pretrained on crops of the train-split photos only. "
                 "UniGenDet's unified model is pretrained (captioning + captioned generation, BAGEL's role) on crops of "
                 "every photo, test photos included, before GDUF fine-tunes it on train-split rows.")
-    return (f"All generators were trained by the workbench in this run on {GENERATOR_POOL if p.name != 'tiny' else 64} "
+    return (f"All generators were trained by the workbench in this run on {p.data.generator_pool} "
             "crops of the train-split photos only.")
 
 

@@ -40,7 +40,6 @@ def train_featnet(resolution: int, steps: int, seed: int = 0, n_crops: int = 409
     return net.eval(), history
 
 
-GENERATOR_POOL = 2048                          # train-domain crops the generators learn from
 
 
 def stream_rng(seed: int, *stream: int) -> np.random.Generator:
@@ -49,7 +48,7 @@ def stream_rng(seed: int, *stream: int) -> np.random.Generator:
 
 def generator_pool(p: Profile) -> torch.Tensor:
     """Train-split real crops (a larger pool than the manifest's) on which every generator is trained."""
-    n = GENERATOR_POOL if p.name != "tiny" else 64
+    n = p.data.generator_pool
     crops, _ = random_crops(p.data.split_photos["train"], n, p.data.resolution, p.data.crop_scales, stream_rng(p.seed, 99))
     return to_tensor(crops)
 

@@ -44,7 +44,6 @@ from udet_core.world.trainers import (
     train_vae,
 )
 
-POOL_SIZE = 8192            # pretraining crops per photo set (the tiny profile's test zoo: 256)
 HELD_OUT = 256              # crops per quality measurement
 ZOO_SEED = 0                # the zoo does not depend on a run's seed: every run of every seed starts from it
 
@@ -58,13 +57,9 @@ def photo_set(p: Profile, photos: str) -> tuple[str, ...]:
     raise ValueError(f"unknown photo set {photos!r}; choose 'train' or 'all'")
 
 
-def pool_size(p: Profile) -> int:
-    return POOL_SIZE if p.name != "tiny" else 256
-
-
 def pool(p: Profile, photos: str, stream: int = 0) -> torch.Tensor:
     """Random multi-scale crops of the photo set, as [-1, 1] tensors (stream 0: training; 1: held out)."""
-    crops, _ = random_crops(photo_set(p, photos), pool_size(p), p.data.resolution, p.data.crop_scales,
+    crops, _ = random_crops(photo_set(p, photos), p.data.pretrain_pool, p.data.resolution, p.data.crop_scales,
                             np.random.default_rng([p.seed, 77, stream, len(photo_set(p, photos))]))
     return to_tensor(crops)
 
@@ -169,7 +164,7 @@ def _gan_quality(p, out, deps):
 
 def _featnet_build(p, e, work, out, deps, progress):
     net, hist = train_featnet(p.data.resolution, p.geneval.featnet_steps, p.seed, out_dir=work, progress=progress,
-                              feature_dim=p.geneval.feature_dim, n_crops=pool_size(p))
+                              feature_dim=p.geneval.feature_dim, n_crops=p.data.pretrain_pool)
     save_featnet(net, out)
     return hist
 
@@ -195,7 +190,7 @@ def captioned_crops(p: Profile, names, n: int, stream: int) -> tuple[np.ndarray,
 def _unified_build(p, e, work, out, deps, progress):
     from diffusers import AutoencoderKL
 
-    crops, captions = captioned_crops(p, photo_set(p, e.photos), pool_size(p) // 2, 0)
+    crops, captions = captioned_crops(p, photo_set(p, e.photos), p.data.pretrain_pool // 2, 0)
     ug, hist = pretrain_unified(p.gduf, AutoencoderKL.from_pretrained(deps[f"vae-{e.photos}"] / "vae"), crops,
                                 captions, resolution=p.data.resolution, seed=p.seed, out_dir=work, progress=progress)
     ug.save(out / "unigendet")
