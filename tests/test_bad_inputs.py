@@ -1,5 +1,6 @@
 """The bad-input corpus: every case becomes a DataError naming the file and the problem."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ from udet_core.data import (
     read_fakeclue,
     read_manifest,
 )
-from udet_core.data.manifest import load_images, new_manifest
+from udet_core.data.manifest import COLUMNS, load_images, new_manifest
 
 
 def _rgb(n=16):
@@ -112,9 +113,28 @@ def test_empty_and_missing_folders(tmp_path):
 
 def test_manifest_missing_column(tmp_path):
     pd.DataFrame({"path": ["a.png"], "label": [0]}).to_csv(tmp_path / "m.csv", index=False)
-    with pytest.raises(DataError, match=r"missing column\(s\) \['family'") as e:
+    with pytest.raises(DataError, match=r"missing column\(s\) \['split'\]; a manifest needs \['path', 'label', 'split'\]") as e:
         read_manifest(tmp_path / "m.csv")
     assert "m.csv" in str(e.value)
+
+
+def test_manifest_needs_only_path_label_split(tmp_path):
+    """The other columns are optional: '' (seed -1) when a lab's manifest leaves them out; extra columns are kept."""
+    pd.DataFrame({"path": ["a.png", "b.png"], "label": [0, 1], "split": ["train", "test"],
+                  "notes": ["x", "y"]}).to_csv(tmp_path / "m.csv", index=False)
+    df = read_manifest(tmp_path / "m.csv")
+    assert list(df.columns[:len(COLUMNS)]) == list(COLUMNS) and df["notes"].tolist() == ["x", "y"]
+    assert df["family"].tolist() == ["", ""] and df["seed"].tolist() == [-1, -1] and df["label"].tolist() == [0, 1]
+
+
+def test_manifest_errors_name_csv_lines(tmp_path):
+    """A bad value is reported by the line a user sees in the CSV (the header is line 1)."""
+    (tmp_path / "m.csv").write_text("path,label,split\na.png,0,train\nb.png,fake,train\nc.png,1,tset\n")
+    with pytest.raises(DataError, match=r"CSV line\(s\) \[3\] have \['fake'\]"):
+        read_manifest(tmp_path / "m.csv")
+    (tmp_path / "m.csv").write_text("path,label,split\na.png,0,train\nb.png,1,train\nc.png,1,tset\n")
+    with pytest.raises(DataError, match=r"split must be one of .*CSV line\(s\) \[4\] have \['tset'\]"):
+        read_manifest(tmp_path / "m.csv")
 
 
 def test_manifest_bad_values(tmp_path):
@@ -136,3 +156,24 @@ def test_malformed_json(tmp_path):
     (tmp_path / "obj.json").write_text(json.dumps({"image": "a.png"}))
     with pytest.raises(DataError, match="non-empty JSON list"):
         read_fakeclue(tmp_path / "obj.json")
+
+
+def test_folder_scan_follows_symlinks_once_and_lists_what_it_skips(tmp_path):
+    """Symlinked folders are scanned (a link back up the tree only once); files of other types are listed with the
+    reason they are not scored, never dropped silently."""
+    import os
+
+    from udet_core.data.images import scan_folder
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    root.mkdir(), elsewhere.mkdir()
+    Image.fromarray(_rgb()).save(root / "a.png")
+    Image.fromarray(_rgb()).save(elsewhere / "b.png")
+    os.symlink(tmp_path / "elsewhere", root / "linked")
+    os.symlink(root, root / "loop")                     # a cycle: must not be walked forever
+    for name in ("c.gif", "d.jfif", "noext"):
+        (root / name).write_bytes(b"x")
+    images, others = scan_folder(root)
+    assert [p.name for p in images] == ["a.png", "b.png"]
+    assert sorted(Path(p).name for p, _ in others) == ["c.gif", "d.jfif", "noext"]
+    assert all("unsupported file type" in why for _, why in others)
+    assert "(no extension)" in dict((Path(p).name, w) for p, w in others)["noext"]

@@ -4,6 +4,7 @@ Convention: 0 done; 2 the user's input is wrong (one line naming the file or opt
 bug. Each case below failed at 8cc9fcb (a traceback, a wrong exit code, or a lie recorded in the checkpoint).
 """
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -187,3 +188,62 @@ def test_help_shows_every_default():
         assert "images per scoring batch (default: 64)" in texts[cmd], cmd
         assert "decoding images (default: 0)" in texts[cmd], cmd
     assert "the one the checkpoint was trained with" in texts["detect"]
+
+
+def test_result_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):
+    """Atomic writes go through a mkstemp file (mode 0600); the finished file has the mode any other file would get
+    (0666 minus the umask), so a lab's colleagues can read the tables."""
+    import stat
+
+    from udet_core.core.io import atomic_write_text, current_umask
+    old = os.umask(0o027)
+    try:
+        f = atomic_write_text(tmp_path / "t.csv", "a,b\n")
+        assert current_umask() == 0o027 and stat.S_IMODE(f.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
+    f = atomic_write_text(tmp_path / "u.csv", "a,b\n")
+    assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~old
+
+
+def test_evaluate_names_a_class_emptied_by_bad_files(world):
+    """When every real test image is unreadable, `evaluate` says so (rc 2) instead of failing inside a metric."""
+    root, tree, ckpt = world
+    broken = root / "tree-no-reals"
+    shutil.copytree(tree, broken)
+    reals = sorted((broken / "test").rglob("0_real/*.png"))
+    assert reals
+    for f in reals:
+        f.write_bytes(b"not an image")
+    _user_error(_cli("evaluate", "--data", broken, "--checkpoint", ckpt, "--out", root / "eval-no-reals"),
+                "0 real", "scoring needs both", "unreadable")
+
+
+def test_train_refuses_a_validation_split_without_a_readable_class_before_training(world):
+    """Unreadable files that empty a class of the validation split stop `train` before its first step (rc 2)."""
+    root, tree, _ = world
+    broken = root / "tree-bad-reals"
+    shutil.copytree(tree, broken)
+    for f in (broken / "train").rglob("0_real/*.png"):
+        f.write_bytes(b"not an image")
+    out = root / "ckpt-bad-reals"
+    _user_error(_cli("train", "cnnspot", "--data", broken, "--out", out, "--run-dir", root / "run", *TRAIN),
+                "0 readable real", "nothing was trained")
+    assert not list(out.glob("**/*.safetensors"))
+
+
+def test_an_output_in_use_by_a_live_run_is_refused_and_a_dead_runs_lock_taken_over(world):
+    """Two runs never write one --out: a lock held by a live process refuses the second (rc 2); a lock left by a
+    process that died is taken over, and removed when the run ends."""
+    root, tree, ckpt = world
+    out = root / "locked.csv"
+    lock = Path(f"{out}.lock")
+    lock.write_text(str(os.getpid()))                   # this test process: alive
+    _user_error(_cli("detect", tree / "test", "--checkpoint", ckpt, "--out", out), "being written by another run",
+                str(os.getpid()))
+    assert not out.exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(dead.stdout.strip())                # a process that has exited
+    r = _cli("detect", tree / "test", "--checkpoint", ckpt, "--out", out)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert out.exists() and not lock.exists()

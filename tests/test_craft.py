@@ -116,7 +116,7 @@ def test_early_stopping_keeps_the_weights_of_the_best_validation_step(tiny_data,
     assert steps_run < cfg.steps   # stopped early, `patience` checks after the best one
     assert sum(h["step"] > best["step"] for h in checks) == cfg.patience and history[-1]["stop"]
     m.eval()
-    restored = roc_auc_score(yv.numpy(), m.score(xv)[0])
+    restored = roc_auc_score(yv.numpy(), m.score(xv).p_fake)
     assert restored == pytest.approx(best["val_auc"], abs=1e-6)
 
 
@@ -216,7 +216,7 @@ def test_premise_check_reports_the_centre_distance_and_the_frozen_distance(tiny_
     frozen = _model(bench, replace(tiny.craft, train_encoder=False, train_unet=False, train_decoder=False))
     frozen.fit_center(x_train[y_train == 0])
     r = latent_center_distance(frozen, x)
-    d = frozen.score(x)[1]           # no prefix cache: recomputed from the images
+    d = frozen.score(x).distance           # no prefix cache: recomputed from the images
     for name, s in (("||z_T - mu_real||", r), ("d (frozen, perturbed)", d)):
         row = table.loc[(name, "all fakes")]
         assert row.AUC == pytest.approx(roc_auc_score(y, s), abs=1e-6)
@@ -266,7 +266,7 @@ def test_tiny_real_pipeline_folder_trains_unchanged(tmp_path, tiny):
     assert len(hist) == 2 and all(math.isfinite(h["craft_loss"]) for h in hist)
     m.save(tmp_path / "ckpt")
     again = Craft.load(tmp_path / "ckpt")
-    assert np.allclose(again.score(x)[0], m.eval().score(x)[0], atol=1e-6)
+    assert np.allclose(again.score(x).p_fake, m.eval().score(x).p_fake, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -291,8 +291,10 @@ def test_streamed_craft_training_follows_the_in_memory_fit(tiny_run, tiny, tmp_p
     ds.manifest = split_validation(ds.manifest, 0.25)
     train, val = ds.subset("train"), ds.subset("val")
     images, rows, _ = train.load()
-    streamed = fit_detector(CraftDetector(tiny, run_dir), train, val, seed=0, out=tmp_path / "s", workers=2)
-    memory = fit_detector(CraftDetector(tiny, run_dir), ArrayDataset(images, rows), val, seed=0, out=tmp_path / "m")
+    w = default_weights(tiny, run_dir)
+    streamed = fit_detector(CraftDetector(tiny, run_dir, weights=w), train, val, seed=0, out=tmp_path / "s", workers=2)
+    memory = fit_detector(CraftDetector(tiny, run_dir, weights=w), ArrayDataset(images, rows), val, seed=0,
+                          out=tmp_path / "m")
     torch.testing.assert_close(streamed.model.mu, memory.model.mu, atol=1e-5, rtol=0)
     losses = [[h["craft_loss"] for h in d.history if "craft_loss" in h] for d in (streamed, memory)]
     assert len(losses[0]) == len(losses[1]) > 0
@@ -309,7 +311,8 @@ def test_a_fitted_craft_detector_ranks_test_images_exactly_as_their_distance(tin
     bench, images, df = tiny_data
     det = load_detector(tiny_checkpoint)
     x, y = split_tensors(images, df, "test")
-    p, d = det.model.score(x)
+    scores = det.model.score(x)
+    p, d = scores.p_fake, scores.distance
     assert np.array_equal(np.argsort(p, kind="stable"), np.argsort(d, kind="stable"))
     assert roc_auc_score(y, p) == roc_auc_score(y, d)
     checks = [h for h in json.loads((tiny_checkpoint / "craft.json").read_text())["history"] if "val_auc" in h]
@@ -396,7 +399,8 @@ def test_craft_cache_key_follows_the_resolved_lpips_backbone(tiny_run, tiny, tin
     from udet_core.engine import distances
     from udet_core.methods.craft import CraftDetector
     run_dir, _ = tiny_run
-    det = CraftDetector(replace(tiny, craft=replace(tiny.craft, distance="lpips-vgg")), run_dir)
+    det = CraftDetector(replace(tiny, craft=replace(tiny.craft, distance="lpips-vgg")), run_dir,
+                        weights=default_weights(tiny, run_dir))
     random_key = config_hash(det.config())
     monkeypatch.setattr(distances, "imagenet_weights_cached", lambda net="vgg": True)   # weights appear in the cache
     assert config_hash(det.config()) != random_key
@@ -432,9 +436,10 @@ def test_backbone_cache_key_is_its_content_not_its_path(tiny_run, tiny, tmp_path
     assert Craft(m.base, tiny.craft).backbone_key != Craft(original, tiny.craft).backbone_key   # in memory: by weights
 
 
-def test_craft_cache_key_covers_every_benchmark_config(tiny_run, tiny, tiny_data, monkeypatch):
-    """A fitted CRAFT is reused only when every config that made the benchmark (GAN and pixel DDPM included) and the
-    backbone's content are the same: one key recipe for every detector (`methods.base.detector_artifact`)."""
+def test_craft_cache_key_is_its_config_weights_seed_and_rows(tiny_run, tiny, tiny_data, monkeypatch):
+    """A fitted CRAFT is keyed by what determines it (`methods.base.detector_artifact`): its config, the backbone's
+    content, the seed and the content of its train and val rows; not by udet-mini's benchmark configs (a detector
+    trained on other data must not be keyed by them) — a benchmark config that changes the images changes the rows."""
     from udet_core.core.keys import Artifact
     from udet_core.methods.base import detector_artifact
     from udet_core.methods.craft import CraftDetector
@@ -443,19 +448,25 @@ def test_craft_cache_key_covers_every_benchmark_config(tiny_run, tiny, tiny_data
     train, val = (df.split == "train").to_numpy(), (df.split == "val").to_numpy()
     folder = str(bench.generators.backbone_path)      # one folder; its content key is set by hand below
 
-    def run_craft(p, run_dir, seed, progress):
+    def run_craft(p, run_dir, seed, progress, images=images):
         return detector_artifact(CraftDetector(p, run_dir, [folder]), images, df, seed, train, val).path
 
     monkeypatch.setattr(Artifact, "done", property(lambda self: True))      # report the key's folder, train nothing
     backbone = {"content": "weights-1"}                                         # the backbone's content key, by hand
     monkeypatch.setattr("udet_core.methods.craft.content_key", lambda path: backbone["content"])
-    variants = [tiny, replace(tiny, gan=replace(tiny.gan, nz=tiny.gan.nz + 1)),
-                replace(tiny, pixel=replace(tiny.pixel, steps=tiny.pixel.steps + 1)),
-                replace(tiny, families=replace(tiny.families, sdedit_strength=0.5)), replace(tiny, seed=1)]
-    paths = [run_craft(p, run_dir, seed=0, progress=False) for p in variants]
+    base = run_craft(tiny, run_dir, seed=0, progress=False)
+    same_rows = [replace(tiny, gan=replace(tiny.gan, nz=tiny.gan.nz + 1)),
+                 replace(tiny, pixel=replace(tiny.pixel, steps=tiny.pixel.steps + 1)),
+                 replace(tiny, families=replace(tiny.families, sdedit_strength=0.5)), replace(tiny, seed=1)]
+    assert {run_craft(p, run_dir, seed=0, progress=False) for p in same_rows} == {base}
+    other_pixels = images.copy()
+    other_pixels[np.flatnonzero(train)[0], 0, 0, 0] ^= 1                         # one bit of one training image
+    others = [run_craft(tiny, run_dir, seed=1, progress=False),
+              run_craft(replace(tiny, craft=replace(tiny.craft, lam=tiny.craft.lam + 1)), run_dir, 0, False),
+              run_craft(tiny, run_dir, 0, False, images=other_pixels)]
     backbone["content"] = "weights-2"                                           # same configs, other backbone weights
-    paths.append(run_craft(tiny, run_dir, seed=0, progress=False))
-    assert len(set(paths)) == len(paths)
+    others.append(run_craft(tiny, run_dir, seed=0, progress=False))
+    assert len({base, *others}) == 1 + len(others)
 
 
 def test_the_backbone_and_distance_are_chosen_on_the_validation_split_only():
@@ -469,3 +480,24 @@ def test_the_backbone_and_distance_are_chosen_on_the_validation_split_only():
                            + [{"backbone": "b", "distance": None, "split": "val", "family": "all fakes",
                                "score": "||z_T - mu_real||", "AUC": 0.99}])
     assert choose_pipeline(premise) == {"backbone": "a", "distance": "mse", "val_AUC": 0.8}
+
+
+def test_a_checkpoint_whose_run_dir_and_stand_ins_moved_is_reported_not_retrained(tiny_checkpoint, tmp_path):
+    """A checkpoint records the weights it was trained on and its run directory; when both are gone (the run
+    directory moved), loading names the missing weights (rc 2 in the CLI) and never re-creates the old folders
+    or trains stand-ins there."""
+    import json
+    import shutil
+
+    from udet_core.core.errors import DataError
+    from udet_core.world.weights import reload_detector
+    moved = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, moved)
+    meta = json.loads((moved / "detector.json").read_text())
+    old = tmp_path / "old-run"
+    meta["run_dir"] = str(old)
+    meta["weights"] = {**meta["weights"], "image_variation": str(old / "artifacts" / "sd-iv" / "pipeline")}
+    (moved / "detector.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="image_variation weights craft was trained with are gone"):
+        reload_detector(moved)
+    assert not old.exists()

@@ -3,6 +3,8 @@ on each)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -12,19 +14,26 @@ from udet_core.core.io import (
     atomic_write_json,
     atomic_write_text,
     checkpoint_meta,
+    output_lock,
     write_table,
 )
 from udet_core.core.paths import default_run_dir
 from udet_core.core.profiles import PROFILES, config_dict, get_profile, with_settings
 from udet_core.core.provenance import PeakRSS, Timer, provenance
-from udet_core.data.dataset import POLICIES, ImageDataset, check_split, split_validation
-from udet_core.data.images import list_images, set_max_pixels
+from udet_core.data.dataset import (
+    POLICIES,
+    ImageDataset,
+    check_split,
+    readable_labels,
+    split_validation,
+)
+from udet_core.data.images import scan_folder, set_max_pixels
+from udet_core.data.manifest import FAKE, REAL
 from udet_core.methods.base import (
     create_detector,
     detector_class,
     fit_detector,
     list_detectors,
-    load_detector,
     score_dataset,
 )
 from udet_core.models.real_architecture import real_architecture_bench
@@ -34,7 +43,7 @@ from udet_core.study.workbench import open_workbench
 from udet_core.world import zoo
 from udet_core.world.benchmark import build_benchmark, counts_table
 from udet_core.world.specs import open_dataset
-from udet_core.world.weights import weights_for
+from udet_core.world.weights import reload_detector, weights_for
 
 
 def _run_args(parser, force: bool = True) -> None:
@@ -160,7 +169,9 @@ def main(argv=None) -> int:
     try:
         _check_args(a)
         set_max_pixels(getattr(a, "max_pixels", None))
-        return _run(ap, a)
+        writes = a.cmd in ("train", "detect", "evaluate") and os.environ.get("RANK", "0") == "0"
+        with output_lock(a.out) if writes else contextlib.nullcontext():   # one run per --out at a time
+            return _run(ap, a)
     except DataError as e:   # bad input, a missing or corrupt zoo model, ...: one message naming it, no traceback
         print(f"udet {a.cmd}: {e}", file=sys.stderr)
         return 2
@@ -217,7 +228,7 @@ def _run(ap, a) -> int:
                 ap.error("streaming needs --checkpoint and --data")
             import pandas as pd
 
-            det = load_detector(a.checkpoint)
+            det = reload_detector(a.checkpoint)
             ds = _dataset_for(det, a.data).subset("test")
             print(pd.DataFrame(bench.streaming(det, ds, a.n, workers=a.workers)).to_string(index=False))
         elif a.what == "craft-cache":
@@ -282,6 +293,7 @@ def _train(a) -> int:
     if _check_run_folder(out, settings, first=os.environ.get("RANK", "0") == "0") == "done":
         print(f"{out} already holds this {a.detector} checkpoint, trained with these settings (--force retrains it)")
         return 0
+    _check_readable_classes(val, where, a.workers)   # before training: its threshold is calibrated on these
     print(f"training {a.detector} at {p.data.resolution} px (policy {a.policy}) on {len(train)} train rows, "
           f"threshold from {len(val)} validation rows -> {out}")
     det = fit_detector(det, train, val, seed=a.seed, out=out, progress=True, workers=a.workers,
@@ -293,6 +305,17 @@ def _train(a) -> int:
           f"{where}; threshold {det.threshold:.4g} from its {len(val)} validation rows -> {out} "
           "(files that could not be read were reported above and skipped)")
     return 0
+
+
+def _check_readable_classes(val, where, workers: int) -> None:
+    """`DataError` before any training when the validation rows that can be read lack a class: calibration needs
+    real and fake images (one reading pass over the validation split)."""
+    labels, problems = readable_labels(val, num_workers=workers)
+    n_real, n_fake = int((labels == REAL).sum()), int((labels == FAKE).sum())
+    if not n_real or not n_fake:
+        raise DataError(where, f"its validation split has {n_real} readable real and {n_fake} readable fake images "
+                               f"({len(problems)} unreadable, e.g. {problems[0][0] if problems else 'none'}); the "
+                               "threshold is calibrated on both: nothing was trained")
 
 
 RUN_FILE = "run.json"   # what determines a `train` run, written into --out before its first step
@@ -392,19 +415,22 @@ def _detect(a) -> int:
     for p in a.paths:
         if not Path(p).exists():
             raise DataError(p, "does not exist: give image files or folders of images")
-        try:
-            paths += list_images(p) if Path(p).is_dir() else [Path(p)]
-        except DataError as e:
-            problems.append((e.path, e.problem))
+        if Path(p).is_dir():
+            images, others = scan_folder(p)
+            paths, problems = paths + images, problems + others
+            if not images:
+                problems.append((str(p), "no image files found in this folder"))
+        else:
+            paths.append(Path(p))
     if not paths:
         raise DataError(", ".join(map(str, a.paths)), "no image file to score ("
                         + "; ".join(f"{q}: {why}" for q, why in problems) + ")")
-    det = load_detector(a.checkpoint)
+    det = reload_detector(a.checkpoint)
     det.use_cache = False
     if a.fast:
         if det.name != "craft":
             raise DataError(a.checkpoint, f"--fast is CRAFT-fast; this is a {det.name} checkpoint")
-        det.fast, det.threshold = True, det.threshold_fast
+        det = det.fast_variant()
     policy, size = _input_of(det, a.policy)
     ds = ImageDataset(pd.DataFrame({"path": [str(q) for q in paths]}), size, policy)
     import time
@@ -461,7 +487,7 @@ def _output_folder(path) -> "Path":
 def _evaluate(a) -> int:
     out, timer = _output_folder(a.out), Timer()
     for folder in a.checkpoint:   # every checkpoint is checked before the first image is scored
-        load_detector(folder)
+        reload_detector(folder)
     with PeakRSS() as mem, timer("evaluate"):
         comp, fam, scores, runs = evaluate_checkpoints(a.checkpoint, lambda det: _dataset_for(det, a.data, a.policy),
                                                        batch_size=a.batch_size, num_workers=a.workers, progress=True)

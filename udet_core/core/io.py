@@ -10,6 +10,13 @@ from pathlib import Path
 from udet_core.core.errors import DataError
 
 
+def current_umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path, data: bytes) -> Path:
     """Write `data` to `path` via a temp file in the same folder and a rename: readers never see half a file."""
     path = Path(path)
@@ -18,6 +25,7 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~current_umask())   # mkstemp makes 0600; a result file gets the usual mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -58,3 +66,42 @@ def write_table(df, path_stem, provenance: dict | None = None) -> list[Path]:
     return out
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(path):
+    """Hold `<path>.lock` (the holder's process id inside) while a run writes `path`: `DataError` when a live
+    process holds it; a lock left by a process that died is taken over. Removed when the block ends."""
+    lock = Path(f"{Path(path)}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                raise DataError(path, f"is being written by another run (process {pid}; lock file {lock}): wait for "
+                                      "it to finish or choose another --out") from None
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()   # stale: its process is gone
+    else:
+        raise DataError(path, f"could not take the lock {lock}; remove it if no run is writing {path}")
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield lock
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()

@@ -11,7 +11,6 @@ so a skipped file never shifts a label.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 
 from udet_core.core.errors import DataError
 from udet_core.core.progress import tqdm
-from udet_core.data.images import center_crop_resize, load_rgb, to_tensor
+from udet_core.data.images import center_crop_resize, load_rgb, to_tensor, walk_folders
 from udet_core.data.manifest import FAKE, REAL, SPLITS, read_manifest
 from udet_core.data.readers import (
     read_diffusionforensics,
@@ -82,7 +81,7 @@ def detect_layout(root) -> str:
     if not root.is_dir():
         raise DataError(root, "data folder does not exist")
     children = [c for c in root.iterdir() if c.is_dir()]
-    if any({"0_real", "1_fake"} & set(dirs) for _, dirs, _ in os.walk(root)):
+    if any(d.name in ("0_real", "1_fake") for d in walk_folders(root)):
         return "0_real/1_fake"
     if children and all(c.name in SPLITS for c in children):
         return "DiffusionForensics"
@@ -271,3 +270,13 @@ def open_dataset(spec, *, size: int, policy: str = "center-crop", multiple: int 
     `policy`."""
     df, description = read_spec(spec)
     return ImageDataset(df, size, policy, multiple, convert, description)
+
+
+def readable_labels(ds: ImageDataset, batch_size: int = 64, num_workers: int = 0) -> tuple[np.ndarray, list]:
+    """(labels of the rows of `ds` whose files can be read, [(path, problem)] of those that cannot): one reading
+    pass, nothing kept."""
+    labels, problems = [], []
+    for b in ds.loader(batch_size, num_workers):
+        problems += b.problems
+        labels.append(ds.manifest["label"].to_numpy()[b.index.numpy()])
+    return (np.concatenate(labels) if labels else np.zeros(0, int)), problems

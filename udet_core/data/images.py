@@ -6,6 +6,7 @@ palette expansion, 16->8 bit rounding), so by default such images are refused wi
 """
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -118,12 +119,45 @@ def _to_rgb(im: Image.Image, mode: str, has_alpha: bool) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def list_images(folder) -> list[Path]:
-    """All image files below `folder` (recursively, sorted); `DataError` if the folder is missing or has none."""
+def walk_folders(root) -> list[Path]:
+    """`root` and every folder below it, following symbolic links to folders, each real folder once (a link back
+    up the tree is not followed again); sorted."""
+    seen, out, stack = set(), [], [Path(root)]
+    while stack:
+        d = stack.pop()
+        real = os.path.realpath(d)
+        if real in seen:
+            continue
+        seen.add(real)
+        out.append(d)
+        with os.scandir(d) as it:
+            stack += [Path(e.path) for e in it if e.is_dir(follow_symlinks=True)]
+    return sorted(out)
+
+
+def scan_folder(folder) -> tuple[list[Path], list[tuple[str, str]]]:
+    """(image files below `folder`, [(path, why)] of every other file there), following symbolic links
+    (`walk_folders`); sorted. Hidden files (a leading '.') are neither."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(folder, "folder does not exist")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    images, others = [], []
+    for d in walk_folders(folder):
+        for f in sorted(d.iterdir()):
+            if not f.is_file() or f.name.startswith("."):
+                continue
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                images.append(f)
+            else:
+                others.append((str(f), f"not scored: unsupported file type {f.suffix or '(no extension)'!r}; "
+                                       f"supported: {', '.join(sorted(IMAGE_SUFFIXES))} (convert it to PNG)"))
+    return sorted(images), sorted(others)
+
+
+def list_images(folder) -> list[Path]:
+    """All image files below `folder` (recursively, following symbolic links, sorted); `DataError` if the folder is
+    missing or has none (`scan_folder` also lists the other files)."""
+    files, _ = scan_folder(folder)
     if not files:
         raise DataError(folder, f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found in this folder")
     return files

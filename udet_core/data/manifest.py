@@ -16,18 +16,24 @@ from udet_core.data.images import load_many
 
 COLUMNS = ("path", "label", "family", "generator", "domain", "split", "role", "source", "seed",
            "caption", "explanation")
+REQUIRED = ("path", "label", "split")   # the others are optional in a manifest file: '' (seed -1) when absent
 SPLITS = ("train", "val", "test")
 ROLES = ("real", "seen", "held_out", "")
 REAL, FAKE = 0, 1
 
 
-def new_manifest(rows: list[dict]) -> pd.DataFrame:
-    """Build a manifest from row dicts, filling optional text columns with '' and seed with -1."""
-    df = pd.DataFrame(rows)
+def with_optional_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with every optional column it lacks added ('' for text, -1 for seed), in `COLUMNS` order."""
+    df = df.copy()
     for c in COLUMNS:
         if c not in df:
             df[c] = -1 if c == "seed" else ""
-    df = df[list(COLUMNS)].copy()
+    return df[list(COLUMNS) + [c for c in df.columns if c not in COLUMNS]]
+
+
+def new_manifest(rows: list[dict]) -> pd.DataFrame:
+    """Build a manifest from row dicts, filling optional text columns with '' and seed with -1."""
+    df = with_optional_columns(pd.DataFrame(rows))[list(COLUMNS)]
     df["label"] = df["label"].astype(int)
     df["seed"] = df["seed"].astype(int)
     for c in COLUMNS:
@@ -36,24 +42,34 @@ def new_manifest(rows: list[dict]) -> pd.DataFrame:
     return df
 
 
+def _lines(df: pd.DataFrame, bad) -> str:
+    """Rows named as a CSV's lines (the header is line 1, the first row line 2)."""
+    return f"CSV line(s) {[df.index.get_loc(i) + 2 for i in bad[:10]]}"
+
+
 def validate(df: pd.DataFrame, where="manifest") -> pd.DataFrame:
-    """Check columns and values; raise `DataError` naming `where` and the offending rows."""
-    missing = [c for c in COLUMNS if c not in df.columns]
+    """Check columns and values; raise `DataError` naming `where` and the offending rows by CSV line."""
+    missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
-        raise DataError(where, f"missing column(s) {missing}; a manifest needs {list(COLUMNS)}")
+        raise DataError(where, f"missing column(s) {missing}; a manifest needs {list(REQUIRED)} (optional: "
+                               f"{[c for c in COLUMNS if c not in REQUIRED]})")
     if len(df) == 0:
         raise DataError(where, "manifest has no rows")
-    bad_label = df.index[~df["label"].isin([REAL, FAKE])].tolist()
+    df = with_optional_columns(df)
+    labels = pd.to_numeric(df["label"], errors="coerce")
+    bad_label = df.index[~labels.isin([REAL, FAKE])].tolist()
     if bad_label:
-        raise DataError(where, f"label must be 0 (real) or 1 (fake); rows {bad_label[:10]} have "
+        raise DataError(where, f"label must be 0 (real) or 1 (fake); {_lines(df, bad_label)} have "
                                f"{df.loc[bad_label[:10], 'label'].tolist()}")
+    df["label"] = labels.astype(int)
     bad_split = df.index[~df["split"].isin(SPLITS)].tolist()
     if bad_split:
-        raise DataError(where, f"split must be one of {SPLITS}; rows {bad_split[:10]} have "
+        raise DataError(where, f"split must be one of {SPLITS}; {_lines(df, bad_split)} have "
                                f"{df.loc[bad_split[:10], 'split'].tolist()}")
     bad_role = df.index[~df["role"].isin(ROLES)].tolist()
     if bad_role:
-        raise DataError(where, f"role must be one of {ROLES}; rows {bad_role[:10]} differ")
+        raise DataError(where, f"role must be one of {ROLES}; {_lines(df, bad_role)} have "
+                               f"{df.loc[bad_role[:10], 'role'].tolist()}")
     dup = df["path"][df["path"].duplicated()].tolist()
     if dup:
         raise DataError(where, f"duplicate paths, e.g. {dup[:3]}")
@@ -74,8 +90,7 @@ def read_manifest(path) -> pd.DataFrame:
         df = pd.read_csv(path, dtype={"caption": str, "explanation": str}, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise DataError(path, f"not a readable CSV manifest ({e})") from None
-    validate(df, path)
-    df = df.copy()
+    df = validate(df, path)
     df["path"] = [p if Path(p).is_absolute() else str(path.parent / p) for p in df["path"]]
     return df
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from udet_core.core.errors import DataError
-from udet_core.data.images import list_images
+from udet_core.data.images import list_images, walk_folders
 from udet_core.data.manifest import FAKE, REAL, SPLITS, new_manifest, validate
 
 
@@ -73,7 +73,7 @@ def read_real_fake_folders(root, split: str = "test") -> pd.DataFrame:
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "data folder does not exist")
-    class_dirs = sorted(p for p in root.rglob("*") if p.is_dir() and p.name in ("0_real", "1_fake"))
+    class_dirs = [p for p in walk_folders(root) if p.name in ("0_real", "1_fake")]
     if not class_dirs:
         raise DataError(root, "no 0_real or 1_fake folders found below this folder")
     rows = []

@@ -60,6 +60,9 @@ class Weights:
         if not value:
             raise DataError(name, f"{who} needs {name} weights and none were handed in: pass a backbone, or the "
                                   "stand-ins of `udet_core.world.weights.default_weights`")
+        if not Path(value).exists():
+            raise DataError(value, f"the {name} weights {who} was trained with are gone (moved or deleted): restore "
+                                   "them, or pass --backbone with the same weights")
         return Path(value)
 
 
@@ -288,7 +291,9 @@ def load_detector(folder, run_dir=None, p=None, weights: Weights | None = None) 
         p = p or (from_config_dict(Profile, meta["profile"]) if meta.get("profile") else get_profile("default"))
     except (TypeError, ValueError) as e:
         raise DataError(folder, f"its recorded profile does not fit this code version ({e})") from None
-    det = cls.load(folder, p, run_dir or meta.get("run_dir") or folder)
+    recorded = meta.get("run_dir")   # its caches; a run directory moved or deleted since is never re-created
+    run_dir = run_dir or (recorded if recorded and Path(recorded).is_dir() else folder)
+    det = cls.load(folder, p, run_dir)
     det.backbone = meta.get("backbone")
     try:
         det.weights = weights or Weights(**(meta.get("weights") or {}))

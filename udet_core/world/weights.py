@@ -3,10 +3,13 @@ zoo, else the models the run directory trains for udet-mini. Methods never look 
 and the command line hand them in (`methods.base.Weights`)."""
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
-from udet_core.core.profiles import Profile
-from udet_core.methods.base import WEIGHT_NAMES, Weights
+from udet_core.core.errors import DataError
+from udet_core.core.profiles import Profile, from_config_dict
+from udet_core.methods.base import WEIGHT_NAMES, Detector, Weights, load_detector
 from udet_core.methods.gduf import UniGenDet
 from udet_core.world import zoo
 from udet_core.world.benchmark import build_benchmark, train_generators
@@ -42,3 +45,25 @@ def candidate_backbones(p: Profile, run_dir) -> dict[str, Path]:
 def pretrained_model(p: Profile) -> UniGenDet | None:
     """The zoo's pretrained unified model before any GDUF (None when the profile trains from scratch)."""
     return UniGenDet.load(default_weights(p, None, ("unified",)).unified) if p.zoo else None
+
+
+def reload_detector(folder) -> Detector:
+    """`methods.base.load_detector` for a checkpoint whose recorded stand-in weights moved with the checkout: a
+    recorded weight folder that is gone is replaced by the profile's verified zoo model (whose content key the
+    checkpoint's config must still match); without a zoo, the missing folder is reported, never retrained."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "detector.json").read_text())
+        recorded = Weights(**(meta.get("weights") or {}))
+        p = from_config_dict(Profile, meta["profile"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return load_detector(folder)   # it reports what is wrong with the checkpoint
+    gone = [f.name for f in dataclasses.fields(recorded)
+            if getattr(recorded, f.name) and not Path(getattr(recorded, f.name)).exists()]
+    if not gone or not p.zoo:
+        return load_detector(folder)
+    try:
+        found = default_weights(p, None, gone)
+    except DataError:
+        return load_detector(folder)
+    return load_detector(folder, weights=dataclasses.replace(recorded, **{n: getattr(found, n) for n in gone}))
