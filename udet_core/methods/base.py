@@ -71,6 +71,7 @@ class Detector:
     name = ""
     trains = True
     threshold: float | None = None
+    fit_info: dict = {}   # what `fit` reported (recorded in detector.json), e.g. CRAFT's model selection
     use_cache = True     # detectors that cache per-image work (DIRE's reconstructions) honour this flag
     takes_backbone = ""  # what `backbone` (CLI --backbone) names for this detector; "" = it takes none
     needs_explanations = False   # trains on the manifest's reference explanations (UniGenDet)
@@ -248,6 +249,7 @@ def fit_detector(det: Detector, train, val, *, seed: int, out, progress: bool = 
     t0 = time.perf_counter()
     info = det.fit(train, seed=seed, out_dir=out, progress=progress, val=val, workers=workers) if det.trains else {}
     det.fit_s = round(time.perf_counter() - t0, 2)   # a fit resumed from a checkpoint counts only the resumed part
+    det.fit_info = info
     det.calibrate(val, progress=progress, workers=workers)
     if PartialState().is_main_process:
         det.save(out)
@@ -303,6 +305,7 @@ def load_detector(folder, run_dir=None, p=None, weights: Weights | None = None) 
         raise DataError(folder, f"this {meta['name']} checkpoint was trained with other settings or backbone content "
                                 "than it would load with here (detector.json's config differs): retrain it")
     det.threshold, det.fit_s, det.folder = meta["threshold"], meta.get("fit_s"), folder
+    det.fit_info = meta.get("info") or {}
     return det
 
 

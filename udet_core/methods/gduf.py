@@ -424,6 +424,10 @@ class UniGenDetDetector(Detector):
                 "s_per_step": round(final.get("wall_s", 0.0) / max(1, len(self.history)), 4),
                 "train_peak_rss_mb": round(mem.peak_mb)}
 
+    def parameter_count(self) -> int:
+        """Parameters of the unified model."""
+        return sum(q.numel() for q in self.model.model.parameters())
+
     def score(self, images, *, progress=False):
         return self.model.probabilities(images, progress=progress)
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from udet_core.core.errors import DataError
 from udet_core.core.io import write_table
-from udet_core.core.paths import default_figures_dir, default_run_dir
+from udet_core.core.paths import default_figures_dir, default_profile, default_run_dir
 from udet_core.core.profiles import get_profile
 from udet_core.core.provenance import Timer, provenance
 from udet_core.data.dataset import check_split, split_validation
@@ -124,7 +124,7 @@ class Workbench:
         return save_figure(fig, self.figures_dir / name)
 
 
-def open_workbench(profile: str = "default", *, data=EMBEDDED, backbone=None, run_dir=None, figures_dir=None,
+def open_workbench(profile: str | None = None, *, data=EMBEDDED, backbone=None, run_dir=None, figures_dir=None,
                    seed: int = 0, progress: bool = False, policy: str = "center-crop",
                    val_fraction: float | None = None, rebuild: bool = False) -> Workbench:
     """The workbench of a profile on a data-set spec (`data.dataset`: udet-mini, a manifest CSV, a FakeClue JSON, or
@@ -133,6 +133,7 @@ def open_workbench(profile: str = "default", *, data=EMBEDDED, backbone=None, ru
     never from test). Files that cannot be read are reported and skipped (recorded in `wb.data["bad_files"]`).
     `rebuild`: build udet-mini again even if a finished one exists. Outputs go to `runner.default_run_dir` and
     `runner.default_figures_dir` of the profile and data unless given."""
+    profile = profile or default_profile()   # None: $UDET_PROFILE (nbval runs the notebooks on tiny), else default
     p, timer = get_profile(profile, seed=seed), Timer()
     run_dir = Path(run_dir or default_run_dir(profile, data))
     with timer("open_data"):
