@@ -180,7 +180,8 @@ def ordering_claim(long, claim: str, higher, lower, metric: str = "bacc", subset
     gap = mean[h] - mean[lo]
     return {"claim": claim, "metric": f"{metric} ({subset})",
             "ours": f"{_ms(h, mean[h], std[h])} vs {_ms(lo, mean[lo], std[lo])}",
-            "agrees": bool(gap > 0), "beyond_seed_spread": _beyond(gap, std[h] + std[lo])}
+            "agrees": None if np.isnan(gap) else bool(gap > 0),   # None: a mean is undefined (e.g. nothing parsed)
+            "beyond_seed_spread": _beyond(gap, std[h] + std[lo])}
 
 
 def chance_claim(long, claim: str, variant: str, metric: str = "bacc", subset: str = "all test",
