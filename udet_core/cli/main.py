@@ -310,7 +310,7 @@ def _train(a) -> int:
 def _check_readable_classes(val, where, workers: int) -> None:
     """`DataError` before any training when the validation rows that can be read lack a class: calibration needs
     real and fake images (one reading pass over the validation split)."""
-    labels, problems = readable_labels(val, num_workers=workers)
+    labels, problems = readable_labels(val, num_workers=workers, progress=True)
     n_real, n_fake = int((labels == REAL).sum()), int((labels == FAKE).sum())
     if not n_real or not n_fake:
         raise DataError(where, f"its validation split has {n_real} readable real and {n_fake} readable fake images "

@@ -272,11 +272,12 @@ def open_dataset(spec, *, size: int, policy: str = "center-crop", multiple: int 
     return ImageDataset(df, size, policy, multiple, convert, description)
 
 
-def readable_labels(ds: ImageDataset, batch_size: int = 64, num_workers: int = 0) -> tuple[np.ndarray, list]:
+def readable_labels(ds: ImageDataset, batch_size: int = 64, num_workers: int = 0,
+                    progress: bool = False) -> tuple[np.ndarray, list]:
     """(labels of the rows of `ds` whose files can be read, [(path, problem)] of those that cannot): one reading
     pass, nothing kept."""
     labels, problems = [], []
-    for b in ds.loader(batch_size, num_workers):
+    for b in tqdm(ds.loader(batch_size, num_workers), desc="check files", disable=not progress):
         problems += b.problems
         labels.append(ds.manifest["label"].to_numpy()[b.index.numpy()])
     return (np.concatenate(labels) if labels else np.zeros(0, int)), problems

@@ -86,14 +86,15 @@ class Detector:
         self.weights = weights or Weights()
         self.bad_files: list[dict] = []   # {"path", "problem"} of the files fit and calibration skipped
 
-    def single_backbone(self, default) -> Path:
-        """The one diffusers pipeline folder this detector reads: the given `backbone`, else `default`."""
+    def single_backbone(self) -> Path:
+        """The one diffusers pipeline folder this detector reads: the given `backbone`, else its image_variation
+        weights."""
         b = self.backbone
         if isinstance(b, (list, tuple)):
             if len(b) != 1:
                 raise DataError(b[0], f"{self.name} takes one backbone ({self.takes_backbone}); got {len(b)}")
             b = b[0]
-        path = Path(b) if b else Path(default)
+        path = Path(b) if b else self.weights.folder("image_variation", self.name)
         if not (path / "model_index.json").is_file():
             raise DataError(path, f"not a diffusers pipeline folder (model_index.json missing); {self.name} takes "
                                   f"{self.takes_backbone}")

@@ -692,14 +692,11 @@ class CraftDetector(Detector):
 
     def config(self):
         return {"craft": asdict(self.cfg), "distance": resolved_name(self.cfg.distance),
-                "backbone": content_key(self._backbone())}
-
-    def _backbone(self):
-        return self.single_backbone(self.backbone or self.weights.folder("image_variation", self.name))
+                "backbone": content_key(self.single_backbone())}
 
     def fit(self, train, *, seed, out_dir, progress=False, val=None, workers=0):
         torch.manual_seed(seed)
-        self.model = Craft.from_backbone(self._backbone(), self.cfg)
+        self.model = Craft.from_backbone(self.single_backbone(), self.cfg)
         val_images, val_df, problems = val.load(progress=progress, num_workers=workers)   # held for early stopping
         val = (val_images, val_df["label"].to_numpy())
         if isinstance(train, ArrayDataset):   # in memory (the notebooks): one prefix cache per array

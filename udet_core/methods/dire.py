@@ -65,15 +65,13 @@ class Dire(Detector):
         self.cfg, self.net, self._diffusion = p.dire, None, None
 
     def config(self):
-        return {"dire": asdict(self.cfg), "backbone": content_key(self.backbone_folder())}
+        return {"dire": asdict(self.cfg), "backbone": content_key(self.single_backbone())}
 
-    def backbone_folder(self) -> Path:
-        return self.single_backbone(self.backbone or self.weights.folder("image_variation", self.name))
 
     def diffusion(self):
         """The frozen image-variation backbone whose DDIM round trip makes the DIRE images (loaded once)."""
         if self._diffusion is None:
-            self._diffusion = load_image_variation(self.backbone_folder())
+            self._diffusion = load_image_variation(self.single_backbone())
             for m in (self._diffusion.vae, self._diffusion.image_encoder, self._diffusion.unet):
                 m.eval().requires_grad_(False)
         return self._diffusion
@@ -84,7 +82,7 @@ class Dire(Detector):
         from safetensors.torch import load_file, save
 
         bb = self.diffusion()
-        key = config_hash("clamped", array_key(images), content_key(self.backbone_folder()), self.cfg.n_steps)
+        key = config_hash("clamped", array_key(images), content_key(self.single_backbone()), self.cfg.n_steps)
         cache = self.run_dir / "artifacts" / "dire-cache" / f"{key}.safetensors"
         if self.use_cache and cache.is_file():
             return load_file(str(cache))["dire"].numpy()

@@ -4,10 +4,10 @@ and the command line hand them in (`methods.base.Weights`)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from udet_core.core.errors import DataError
+from udet_core.core.io import checkpoint_meta
 from udet_core.core.profiles import Profile, from_config_dict
 from udet_core.methods.base import WEIGHT_NAMES, Detector, Weights, load_detector
 from udet_core.methods.gduf import UniGenDet
@@ -53,10 +53,10 @@ def reload_detector(folder) -> Detector:
     checkpoint's config must still match); without a zoo, the missing folder is reported, never retrained."""
     folder = Path(folder)
     try:
-        meta = json.loads((folder / "detector.json").read_text())
+        meta = checkpoint_meta(folder, "detector.json", "detector")
         recorded = Weights(**(meta.get("weights") or {}))
         p = from_config_dict(Profile, meta["profile"])
-    except (OSError, ValueError, TypeError, KeyError):
+    except (DataError, TypeError, KeyError):   # (DataError is a ValueError)
         return load_detector(folder)   # it reports what is wrong with the checkpoint
     gone = [f.name for f in dataclasses.fields(recorded)
             if getattr(recorded, f.name) and not Path(getattr(recorded, f.name)).exists()]
