@@ -1,4 +1,4 @@
-"""One evaluation protocol for every registered detector (`udet_core.detectors`).
+"""One evaluation protocol for every registered detector (`udet_core.methods.base`).
 
 Every function takes detector names and seeds, fits (or loads the cached) detectors through the registry, and
 returns tables in long form (one row per detector x seed x ...) plus 'mean ± std' summaries. Thresholds are
@@ -74,12 +74,11 @@ def fitted_cells(wb, cells, desc: str, progress: bool | None = None):
         yield cell, wb.fitted(cell.detector, p=cell.p, seed=cell.seed, progress=progress, **masks)
 
 
-def subset_rows(det, x_test: np.ndarray, test: pd.DataFrame, progress: bool = False, **columns) -> list[dict]:
-    """One row per summary subset (`summary_subsets`) of `det` on the test images: the metrics at its validation
-    threshold and the AUC of its raw signal, after `columns`."""
+def subset_rows(s: np.ndarray, raw: np.ndarray | None, threshold: float, test: pd.DataFrame, **columns) -> list[dict]:
+    """One row per summary subset (`summary_subsets`) of the test rows' scores `s`: the metrics at the validation
+    `threshold` and the AUC of the raw signal `raw` (None: NaN), after `columns`."""
     y = test["label"].to_numpy()
-    s, raw = cached_scores(det, x_test, progress), cached_scores(det, x_test, progress, raw=True)
-    return [{**columns, "subset": subset, **summary(y[m], s[m], det.threshold), "AUC_raw": raw_auc(y[m], raw, m)}
+    return [{**columns, "subset": subset, **summary(y[m], s[m], threshold), "AUC_raw": raw_auc(y[m], raw, m)}
             for subset, m in summary_subsets(test).items()]
 
 
@@ -94,12 +93,13 @@ def comparison(wb, detectors=None, seeds=None, cost_images: int = 128) -> Evalua
     x_test, test = wb.split("test")
     rows, fam_rows, fit_s, costs = [], [], [], []
     cells = [Cell(name, seed) for name in detectors for seed in seeds]
-    for i, (cell, det) in enumerate(fitted_cells(wb, cells, "comparison")):
+    for cell, det in fitted_cells(wb, cells, "comparison"):
         fit_s.append(det.fit_s)
-        rows += subset_rows(det, x_test, test, wb.progress, detector=cell.detector, seed=cell.seed)
-        fam = per_family_table(test, cached_scores(det, x_test, wb.progress), threshold=det.threshold)
+        s, raw = cached_scores(det, x_test, wb.progress), cached_scores(det, x_test, wb.progress, raw=True)
+        rows += subset_rows(s, raw, det.threshold, test, detector=cell.detector, seed=cell.seed)
+        fam = per_family_table(test, s, threshold=det.threshold)
         fam_rows.append(fam.assign(detector=cell.detector, seed=cell.seed))
-        if i % len(seeds) == len(seeds) - 1:   # the detector's last seed: its scoring cost, its mean fit time
+        if cell.seed == seeds[-1]:   # the detector's last seed: its scoring cost, its mean fit time
             costs.append({"detector": cell.detector, "fit_s": float(np.mean(fit_s)),
                           **scoring_cost(det, x_test[:cost_images])})
             fit_s = []
@@ -147,7 +147,8 @@ def ablation(wb, variants: dict, seeds, detector: str = "craft") -> Evaluation:
     for cell, det in fitted_cells(wb, cells, f"{detector} variants", progress=False):
         rows += [{"variant": cell.variant, "seed": cell.seed, "subset": r["subset"], "fit_s": det.fit_s, **r,
                   "chosen_step": getattr(det, "chosen_step", None)}
-                 for r in subset_rows(det, x_test, test, variant=cell.variant, seed=cell.seed)]
+                 for r in subset_rows(cached_scores(det, x_test), cached_scores(det, x_test, raw=True), det.threshold,
+                                      test, variant=cell.variant, seed=cell.seed)]
     long = pd.DataFrame(rows)
     summ = mean_std_table(long, ["variant", "subset"], ["bacc", "AP", "AUC", "AUC_raw", "real_acc", "fake_acc"])
     fit = long.groupby(["variant", "subset"], sort=False)["fit_s"].mean().round(1).reset_index()
