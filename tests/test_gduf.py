@@ -126,7 +126,9 @@ def test_losses_by_equation():
 def test_explanation_metrics():
     ref = ["fake. a transposed convolution left a periodic pattern", "real. consistent with a camera"]
     assert parse_verdict("fake. It is a real photograph passed through an autoencoder") == 1
-    assert parse_verdict("the image is real") == 0 and parse_verdict("cannot tell") is None
+    # only the first word counts: a broken answer that mentions "real crops" is unparsed, not "real"
+    assert parse_verdict("the image is real") is None and parse_verdict("cannot tell") is None
+    assert parse_verdict("Its energy is within the range of typical real crops") is None
     m = explanation_metrics([1, 0], ref, ref)
     assert m == {"n": 2, "unparsed": 0, "bAcc": 1.0, "F1": 1.0, "ROUGE-L": 1.0, "CSS": pytest.approx(1.0)}
     m = explanation_metrics([1, 0, 1], ref + ["fake. x"], ["fake. a periodic pattern", "fake. a camera", "???"])
@@ -175,7 +177,7 @@ def test_cached_smsa_decoding_equals_full_forward_decoding(tiny_model, smsa):
     try:
         torch.manual_seed(2)
         x = torch.rand(3, 3, 16, 16) * 2 - 1
-        prob, ans = tiny_model._decode(x, 8)
+        prob, _, ans = tiny_model._decode(x, 8)
         cache = [{} for _ in tiny_model.model.layers]
         with torch.no_grad():
             out = tiny_model.detection_prefix(x, cache)
@@ -235,11 +237,22 @@ def test_unigendet_trains_detects_generates_and_reloads(tiny_wb, tiny, tmp_path)
     from udet_core.methods.gduf import UniGenDet, cached_answers
     images, df = tiny_wb.images, tiny_wb.df
     det = tiny_wb.fitted("unigendet", seed=0)
-    assert [h["step"] for h in det.history] == list(range(1, tiny.gduf.steps + 1))
-    assert all(np.isfinite([h["L_cls"], h["L_exp"], h["L_gen"]]).all() for h in det.history)
+    steps = [h for h in det.history if "gduf" in h]
+    assert [h["step"] for h in steps] == list(range(1, tiny.gduf.steps + 1))
+    assert all(np.isfinite([h["L_cls"], h["L_exp"], h["L_gen"]]).all() for h in steps)
+    # the learning curve starts at step 0 (the model before GDUF: a candidate of model selection) and ends at the last
+    checks = [h for h in det.history if "val_auc" in h]
+    assert [h["step"] for h in checks] == [0, tiny.gduf.steps] and det.history[0]["step"] == 0
+    assert {"train_auc", "val_verdict_auc", "val_L_cls_real", "val_L_cls_fake", "val_unparsed"} <= set(checks[0])
+    assert det.fit_info["chosen_step"] == checks[-1]["best_step"] in (0, tiny.gduf.steps)
     x = images[(df["split"] == "test").to_numpy()][:4]
     out = cached_answers(det, x)
-    assert list(out.columns) == ["prob_fake", "label", "explanation"] and len(out) == 4
+    assert list(out.columns) == ["prob_fake", "label", "verdict_log_odds", "explanation"] and len(out) == 4
+    # the verdict score is the LM's log-odds of the answer's first word, which is what every reference starts with
+    r, f = det.model.verdict_ids
+    assert det.model.answer_ids(["real. The image", "fake. A GAN"])[:, 1].tolist() == [r, f] and r != f
+    s = det.model.head_and_verdict(x)
+    np.testing.assert_allclose(s.verdict, out.verdict_log_odds, rtol=0, atol=1e-9)   # same forward, float64
     assert ((out.prob_fake >= det.threshold).astype(int) == out.label).all()
     again = cached_answers(det, x)                                    # read back from the artifact
     assert again.explanation.tolist() == out.explanation.tolist()

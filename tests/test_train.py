@@ -56,8 +56,10 @@ def _crash_in_process(out_dir):
 def _kill_9_in_subprocess(out_dir):
     """A fresh interpreter that SIGKILLs itself in step 6, after the step-4 checkpoint: no cleanup code runs."""
     code = f"import test_train as t; t._train({str(out_dir)!r}, fail_after=5, crash=t._kill)"
+    root = str(Path(__file__).resolve().parent.parent)   # this checkout's udet_core, installed or not
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=env)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 
 
@@ -99,3 +101,61 @@ def test_a_bad_file_is_reported_once_logged_and_skipped(tmp_path, capsys):
     assert [h["step"] for h in hist] == list(range(1, 9)) and sum("skipped" in h for h in hist) == 1
     assert capsys.readouterr().out.count("skipping /data/broken.png: truncated PNG") == 1
     assert all(torch.isfinite(torch.tensor(h["mse"])) for h in hist)
+
+
+def test_model_selection_starts_at_step_0_and_keeps_it_unless_a_check_beats_it():
+    """`ModelSelection` checks at step 0, every `every` steps and the last; the kept parameters are those of the best
+    check (ties keep the earlier step), restored at the end; `patience` checks without improvement stop training."""
+    from udet_core.engine.train import ModelSelection
+    torch.manual_seed(0)
+    net = nn.Linear(3, 1)
+    scripted = iter([0.6, 0.6, 0.55, 0.7, 0.65, 0.64, 0.63])   # the values the checks return, in order
+    sel = ModelSelection(lambda: {"val_auc": next(scripted)}, {"net": net}, every=2, last=15, patience=3)
+    w0 = net.weight.detach().clone()
+    assert sel(0)["best_step"] == 0
+    logs = {}
+    for step in range(1, 16):
+        with torch.no_grad():
+            net.weight.add_(1.0)                           # each step moves the weights
+        logs[step] = sel(step)
+        if logs[step] and logs[step]["stop"]:                # as `fit` ends there
+            break
+    assert [s for s, v in logs.items() if v is not None] == [2, 4, 6, 8, 10, 12]   # 3 checks after the best: stop
+    assert logs[2]["best_step"] == 0                        # a tie keeps the earlier step (the start)
+    assert logs[6]["best_step"] == 6 and logs[12]["stop"] and not logs[10]["stop"]
+    sel.restore()
+    assert torch.equal(net.weight, w0 + 6)
+    never = ModelSelection(lambda: {"val_auc": 0.4}, {"net": net}, every=1, last=3, patience=5)
+    w = net.weight.detach().clone()
+    never(0)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    assert never(1)["best_step"] == 0
+    never.restore()
+    assert torch.equal(net.weight, w)                       # nothing beat the start: the start is kept
+
+
+def test_warmup_raises_the_rate_linearly_and_resumes_with_the_state(tmp_path):
+    """An objective with `warmup_steps` steps its optimiser at lr x (s + 1) / warmup for s < warmup, then lr, one
+    scheduler step per global step; a run resumed from a checkpoint continues the schedule."""
+    seen = []
+
+    def run(out_dir, fail_after=None):
+        model, data = _setup()
+        obj = _objective(model, fail_after=fail_after)
+        obj.warmup_steps = 4
+        inner = obj.loss
+
+        def loss(m, batch):
+            seen.append(obj.optimizer.param_groups[0]["lr"])
+            return inner(m, batch)
+        obj.loss = loss
+        return fit({"net": model}, [obj], data, steps=6, batch_size=16, seed=3, out_dir=out_dir,
+                   checkpoint_every=3, progress=False)
+    run(None)
+    assert seen == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2], rel=1e-9)
+    seen.clear()
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, fail_after=4)                         # crashes in step 5, after the step-3 checkpoint
+    run(tmp_path)                                           # resumes at step 3 with the scheduler's state
+    assert seen == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2] + [1e-2] * 3, rel=1e-9)

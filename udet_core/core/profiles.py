@@ -221,7 +221,11 @@ class GdufConfig:
     steps: int = 150
     batch_size: int = 16              # detection + generation samples per step
     lr: float = 1e-3
+    lr_head: float | None = None      # the detection head's rate (fresh, re-initialised per seed); None: `lr`
+    warmup_steps: int = 0             # linear warmup of both rates (official: 2,000 of 2e-5)
     weight_decay: float = 0.0
+    eval_every: int = 25              # model selection on the validation head AUC from step 0 (0: none)
+    patience: int = 1000              # checks without improvement before stopping (large: select, never stop)
     max_answer_tokens: int = 96       # <answer> + explanation + end-of-text, truncated beyond
     vocab_size: int = 1024            # byte-level BPE trained on the training rows' text (at most)
     gen_steps: int = 20               # Euler steps of the flow ODE when generating (paper: 50)

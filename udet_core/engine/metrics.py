@@ -76,14 +76,11 @@ def mean_std_table(long: pd.DataFrame, by: list[str], metrics: list[str], digits
 
 
 def parse_verdict(text: str) -> int | None:
-    """The real/fake verdict of an answer (1 = fake, 0 = real): its first word if that is 'real' or 'fake',
-    else the one of the two words it contains; None when it contains neither or both."""
-    text = str(text).lower()
-    first = re.match(r"\W*(real|fake)\b", text)
-    if first:
-        return int(first.group(1) == "fake")
-    words = set(re.findall(r"[a-z]+", text)) & {"real", "fake"}
-    return int("fake" in words) if len(words) == 1 else None
+    """The real/fake verdict of an answer (1 = fake, 0 = real): its first word, as every reference explanation starts
+    with it; None (unparsed, counted) when the first word is neither. No search for the words further on: every
+    template explanation contains 'real' ("typical real crops"), so that fallback called broken answers real."""
+    first = re.match(r"\W*(real|fake)\b", str(text).lower())
+    return int(first.group(1) == "fake") if first else None
 
 
 @functools.lru_cache(maxsize=1)

@@ -34,7 +34,8 @@ class Objective:
     """One optimiser and the loss it minimises: `loss(modules, batch) -> scalar tensor`, or `(scalar, parts)`
     where `parts` (name -> float) are logged beside it (e.g. the terms of a weighted sum).
 
-    `params` are torch parameter groups (each may carry its own `lr`): differential learning rates.
+    `params` are torch parameter groups (each may carry its own `lr`): differential learning rates. With
+    `warmup_steps`, every group's rate rises linearly from 1/warmup_steps of it to all of it over the first steps.
     Several objectives (e.g. a GAN's D and G) are stepped in order on the same batch.
     """
     name: str
@@ -43,7 +44,40 @@ class Objective:
     lr: float = 1e-3
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
+    warmup_steps: int = 0
     optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)
+    scheduler: object = field(default=None, repr=False)
+
+
+class ModelSelection:
+    """Model selection on a validation split from step 0, the `after_step` of `fit`: the model as it starts (frozen,
+    pretrained or freshly initialised) is a candidate like every later check. `check()` returns the metrics of the
+    model as it is now (e.g. `val_auc`, and a training subset's beside it for the learning curve); at step 0, every
+    `every` steps and at the `last` one, the parameters that train are kept when `check()[metric]` beats every
+    earlier check (ties keep the earlier step, so the start wins unless a trained check beats it), and training stops
+    after `patience` checks without improvement. `restore()` loads the kept parameters; `best_step` says which."""
+
+    def __init__(self, check: Callable[[], dict], modules: dict, *, every: int, last: int, patience: int,
+                 metric: str = "val_auc"):
+        self.check, self.modules, self.every, self.last, self.patience = check, modules, every, last, patience
+        self.metric, self.best_value, self.best_step, self.best, self.bad = metric, -math.inf, 0, None, 0
+
+    def __call__(self, step: int, mods: dict | None = None) -> dict | None:
+        if step and step % self.every and step != self.last:
+            return None
+        row = self.check()
+        if row[self.metric] > self.best_value:   # NaN never improves
+            self.best_value, self.best_step, self.bad = row[self.metric], step, 0
+            self.best = {k: {n: q.detach().clone() for n, q in m.named_parameters() if q.requires_grad}
+                         for k, m in self.modules.items()}
+        else:
+            self.bad += 1
+        return {**row, "best_step": self.best_step, "stop": self.bad >= self.patience}
+
+    def restore(self) -> None:
+        """Load the parameters of the best check (only those that train were kept)."""
+        for k, m in self.modules.items():
+            m.load_state_dict(self.best[k], strict=False)
 
 
 class StepBatches(torch.utils.data.Sampler):
@@ -122,6 +156,11 @@ def fit(modules: dict, objectives: list[Objective], data, *, steps: int, batch_s
     mods = dict(zip(names, prepared))
     for obj in objectives:
         obj.optimizer = acc.prepare(torch.optim.AdamW(obj.params, lr=obj.lr, weight_decay=obj.weight_decay))
+        if obj.warmup_steps:   # linear warmup, one scheduler step per global step (not prepared: accelerate would
+            w = obj.warmup_steps   # step it once per process); saved and resumed with the state
+            inner = getattr(obj.optimizer, "optimizer", obj.optimizer)
+            obj.scheduler = torch.optim.lr_scheduler.LambdaLR(inner, lambda s: min(1.0, (s + 1) / w))
+            acc.register_for_checkpointing(obj.scheduler)
     if isinstance(data, (torch.Tensor, tuple)):
         data = torch.utils.data.TensorDataset(*(data if isinstance(data, tuple) else (data,)))
     rows = np.arange(len(data)) if rows is None else np.asarray(rows)
@@ -166,6 +205,8 @@ def fit(modules: dict, objectives: list[Objective], data, *, steps: int, batch_s
             if obj.max_grad_norm:
                 acc.clip_grad_norm_([p for g in obj.params for p in g["params"]], obj.max_grad_norm)
             obj.optimizer.step()
+            if obj.scheduler is not None:
+                obj.scheduler.step()
             logs[obj.name] = acc.gather(loss.detach()[None]).mean().item()
         extra = after_step(step + 1, mods) if after_step else None
         logs.update(extra or {})

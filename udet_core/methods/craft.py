@@ -38,7 +38,7 @@ from udet_core.engine.losses import (
     craft_total_loss,
 )
 from udet_core.engine.metrics import calibrate_threshold
-from udet_core.engine.train import Objective, balanced, fit
+from udet_core.engine.train import ModelSelection, Objective, balanced, fit
 from udet_core.methods.base import Detector, register
 from udet_core.models.backbones import ImageVariation, load_image_variation
 from udet_core.models.sampling import (
@@ -407,17 +407,18 @@ def signal_columns(y: np.ndarray, p_fake: np.ndarray, d: np.ndarray) -> dict:
     return {"AUC_of_d": a["auc_d"], "mean_d_real": a["d_real"], "mean_d_fake": a["d_fake"], "inverted": a["inverted"]}
 
 
-class EarlyStopping:
-    """Model selection on the validation split, from step 0 (the frozen, perturbed pipeline with the warm-started
-    classifier) on: every `cfg.eval_every` steps the signal audit (`signal_audit`) of the validation split and of a
-    fixed class-balanced training subset; keeps the weights of the best validation AUC of P(fake) (step 0 unless a
-    fine-tuned check beats it) and stops after `cfg.patience` checks without improvement. `restore()` loads them."""
+class EarlyStopping(ModelSelection):
+    """CRAFT's model selection (`train.ModelSelection`) on the validation AUC of P(fake), from step 0 (the frozen,
+    perturbed pipeline with the warm-started classifier) on: every `cfg.eval_every` steps the signal audit
+    (`signal_audit`) of the validation split and of a fixed class-balanced training subset; keeps the best check's
+    weights (step 0 unless a fine-tuned check beats it) and stops after `cfg.patience` checks without improvement."""
 
     def __init__(self, model: Craft, x_val: torch.Tensor, y_val: torch.Tensor, cache_dir=None, train_probe=None):
+        c = model.cfg
+        super().__init__(self.audit, model.trainable(), every=c.eval_every, last=c.steps, patience=c.patience)
         self.model, self.y = model, y_val.numpy()
-        self.x, self.z = x_val, prefix_cache(model, x_val, model.cfg.eval_batch_size, cache_dir=cache_dir)
+        self.x, self.z = x_val, prefix_cache(model, x_val, c.eval_batch_size, cache_dir=cache_dir)
         self.probe = train_probe   # (x, z_k, y) of the training subset the learning curve is also drawn on
-        self.best_auc, self.best_step, self.best, self.bad = -math.inf, 0, None, 0
 
     def audit(self) -> dict:
         """`signal_audit` of the validation split (`val_*`) and of the training subset (`train_*`), as the model is."""
@@ -431,23 +432,6 @@ class EarlyStopping:
             row.update({f"{name}_{k}": v for k, v in signal_audit(y, s.p_fake, s.distance).items()})
         self.model.suffix.train(), self.model.cls.train()
         return row
-
-    def __call__(self, step: int, mods: dict | None = None) -> dict | None:
-        c = self.model.cfg
-        if step and step % c.eval_every and step != c.steps:
-            return None
-        row = self.audit()
-        if row["val_auc"] > self.best_auc:   # ties keep the earlier step (step 0: the frozen pipeline)
-            self.best_auc, self.best_step, self.bad = row["val_auc"], step, 0
-            self.best = {k: {n: q.detach().clone() for n, q in m.named_parameters() if q.requires_grad}
-                         for k, m in self.model.trainable().items()}
-        else:
-            self.bad += 1
-        return {**row, "best_step": self.best_step, "stop": self.bad >= c.patience}
-
-    def restore(self) -> None:
-        for k, m in self.model.trainable().items():
-            m.load_state_dict(self.best[k], strict=False)   # only the trained parameters were kept
 
 
 TRAIN_PROBE_PER_CLASS = 32   # training images per class on which the learning curve is drawn beside validation

@@ -33,7 +33,8 @@ from udet_core.engine.losses import (
     gduf_explanation_loss,
     gduf_total_loss,
 )
-from udet_core.engine.train import Objective, balanced, fit
+from udet_core.engine.metrics import calibrate_threshold
+from udet_core.engine.train import ModelSelection, Objective, balanced, fit
 from udet_core.methods.base import Detector, register
 from udet_core.models.sampling import seeded_noise
 from udet_core.models.unified import (
@@ -60,12 +61,37 @@ class StepTerms:
     caption_len: int           # caption tokens before the image tokens in those states
 
 
+@dataclass
+class HeadScores:
+    """What one forward up to the first answer token gives per image (`UniGenDet.head_and_verdict`)."""
+    p_fake: np.ndarray          # (N,) the detection head's P(fake) (eq. 6), the detector's score
+    verdict: np.ndarray         # (N,) float64 log p('fake') - log p('real') of the answer's first word (its verdict)
+    parsed: np.ndarray          # (N,) bool: the greedy first word is a verdict word ('real' or 'fake')
+
+
+def auc_or_nan(y, s) -> float:
+    """ROC AUC, NaN when `y` holds one class (a learning curve's check must not crash on a tiny split)."""
+    from sklearn.metrics import roc_auc_score
+    y = np.asarray(y)
+    return float(roc_auc_score(y, s)) if len(np.unique(y)) == 2 else float("nan")
+
+
+def learning_row(name: str, y: np.ndarray, s: HeadScores) -> dict:
+    """One set's point of the learning curve: head AUC, the verdict token's log-odds AUC, the head's L_cls (eq. 6)
+    per class, and the share of answers whose first word is no verdict."""
+    p = np.clip(s.p_fake.astype(float), 1e-12, 1 - 1e-12)
+    return {f"{name}_auc": auc_or_nan(y, p), f"{name}_verdict_auc": auc_or_nan(y, s.verdict),
+            f"{name}_L_cls_real": float(-np.log1p(-p[y == 0]).mean()) if (y == 0).any() else float("nan"),
+            f"{name}_L_cls_fake": float(-np.log(p[y == 1]).mean()) if (y == 1).any() else float("nan"),
+            f"{name}_unparsed": float(1 - s.parsed.mean())}
+
+
 class UniGenDet:
     """The unified model with its tokenizer and the frozen AutoencoderKL whose latents it reads and writes."""
 
     def __init__(self, cfg: GdufConfig, model: UnifiedModel, tokenizer, vae):
         self.cfg, self.model, self.tokenizer, self.vae = cfg, model, tokenizer, vae.eval().requires_grad_(False)
-        self.threshold = 0.5
+        self.threshold, self.verdict_threshold = 0.5, 0.0
 
     @classmethod
     def build(cls, cfg: GdufConfig, vae, texts, resolution: int) -> "UniGenDet":
@@ -81,6 +107,11 @@ class UniGenDet:
 
     def ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @property
+    def verdict_ids(self) -> tuple[int, int]:
+        """Token ids of the answers' first words 'real' and 'fake' (every explanation starts with its verdict)."""
+        return self.ids("real")[0], self.ids("fake")[0]
 
     def instruction(self, n: int, text: str = INSTRUCTION) -> torch.Tensor:
         return torch.tensor(self.ids(text)).expand(n, -1)
@@ -199,27 +230,80 @@ class UniGenDet:
         total = gduf_total_loss(t.l_cls, t.l_exp, t.l_gen, self.cfg.w_cls, self.cfg.w_exp, self.cfg.w_gen)
         return total, {"L_cls": t.l_cls.item(), "L_exp": t.l_exp.item(), "L_gen": t.l_gen.item()}
 
+    def param_groups(self) -> list[dict]:
+        """The unified model at `lr`, its detection head at `lr_head` (a fresh head next to pretrained weights)."""
+        head = list(self.model.det_head.parameters())
+        rest = [q for q in self.model.parameters() if all(q is not h for h in head)]
+        return [{"params": rest, "lr": self.cfg.lr}, {"params": head, "lr": self.cfg.lr_head or self.cfg.lr}]
+
+    def learning_check(self, sets: dict):
+        """The check of `train.ModelSelection`: `learning_row` of each named set (uint8 images, labels) as the model
+        is now (e.g. the validation split and a fixed class-balanced training subset)."""
+        def check() -> dict:
+            self.model.eval()
+            row = {}
+            for name, (images, y) in sets.items():
+                row.update(learning_row(name, np.asarray(y), self.head_and_verdict(images)))
+            self.model.train()
+            return row
+        return check
+
     def train(self, data, *, seed: int, out_dir=None, progress: bool = True, checkpoint_every: int = 100,
-              workers: int = 0) -> list[dict]:
+              workers: int = 0, val=None, probe=None) -> list[dict]:
         """GDUF training (accelerate; checkpoints in `out_dir`, resumed on rerun) on `training_tensors` or
-        `training_examples` (read by `workers` DataLoader workers)."""
-        obj = Objective("gduf", lambda m, b: self.loss(m["model"], b), [{"params": self.model.parameters()}],
-                        lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        history = fit({"model": self.model}, [obj], data, steps=self.cfg.steps, batch_size=self.cfg.batch_size,
+        `training_examples` (read by `workers` DataLoader workers). With `val` = (uint8 images, labels) and
+        `cfg.eval_every`, selected on the validation head AUC from step 0 (the model GDUF starts from) on
+        (`train.ModelSelection`), the learning curve drawn on `probe` (a training subset) beside it; the history then
+        starts with the step-0 check."""
+        c = self.cfg
+        obj = Objective("gduf", lambda m, b: self.loss(m["model"], b), self.param_groups(), lr=c.lr,
+                        weight_decay=c.weight_decay, warmup_steps=c.warmup_steps)
+        selection = None
+        if val is not None and c.eval_every:
+            sets = {"val": val, **({"train": probe} if probe is not None else {})}
+            selection = ModelSelection(self.learning_check(sets), {"model": self.model}, every=c.eval_every,
+                                       last=c.steps, patience=c.patience)
+        start = [{"step": 0, **selection(0)}] if selection is not None else []   # the model before GDUF
+        history = fit({"model": self.model}, [obj], data, steps=c.steps, batch_size=c.batch_size,
                       seed=seed, out_dir=out_dir, checkpoint_every=checkpoint_every, desc="GDUF", progress=progress,
-                      accelerator=mixed_task_accelerator(), num_workers=workers,
+                      accelerator=mixed_task_accelerator(), num_workers=workers, after_step=selection,
                       transform=None if isinstance(data, tuple) else self.training_transform())
+        if selection is not None and selection.best is not None:
+            selection.restore()
         self.model.eval()
-        return history
+        return start + history
 
     # -- detection
-    @torch.no_grad()
     def probabilities(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
         """P(fake) from the detection head (one forward up to the first answer token)."""
-        probs = []
+        return self.head_and_verdict(images, progress).p_fake
+
+    @torch.no_grad()
+    def head_and_verdict(self, images: np.ndarray, progress: bool = False) -> HeadScores:
+        """From one forward up to the first answer token: the head's P(fake), and the LM head's log-odds of the
+        answer's first word (the verdict, 'fake' against 'real') with whether its greedy choice is a verdict word."""
+        r, f = self.verdict_ids
+        probs, odds, parsed = [], [], []
         for x in tqdm(self._pixels(images).split(self.cfg.eval_batch_size), desc="UniGenDet head", disable=not progress):
-            probs.append(self.detection_prefix(x)["cls_logits"].softmax(-1)[:, 1])
-        return torch.cat(probs).numpy()
+            out = self.detection_prefix(x)
+            probs.append(out["cls_logits"].softmax(-1)[:, 1])
+            logp = out["lm_logits"][:, -1].double().log_softmax(-1)     # (B, vocab): the word after <|answer|>
+            odds.append(logp[:, f] - logp[:, r])
+            parsed.append(torch.isin(logp.argmax(-1), torch.tensor([r, f])))
+        return HeadScores(torch.cat(probs).numpy(), torch.cat(odds).numpy(), torch.cat(parsed).numpy())
+
+    @torch.no_grad()
+    def features(self, images: np.ndarray) -> dict:
+        """What the model holds of each image before any head, for linear probes (N, D) each: the final state at the
+        answer token (what the detection head reads), the mean of the SigLIP tokens after the connector, and the
+        clean VAE latents."""
+        out = {"answer-token state": [], "pooled ViT tokens": [], "VAE latents": []}
+        for x in self._pixels(images).split(self.cfg.eval_batch_size):
+            d = self.detection_prefix(x)
+            out["answer-token state"].append(d["states"][:, -1])               # (B, H): the <|answer|> position
+            out["pooled ViT tokens"].append(self.model.vit_tokens(x).mean(1))   # (B, H)
+            out["VAE latents"].append(self.latents(x).flatten(1))              # (B, C * g * g)
+        return {k: torch.cat(v).numpy() for k, v in out.items()}
 
     def _pixels(self, images: np.ndarray) -> torch.Tensor:
         return to_tensor(images, size=self.model.cfg.vit_image_size)
@@ -232,10 +316,14 @@ class UniGenDet:
                                     hidden_layers=hidden_layers, cache=cache)
 
     def _decode(self, x: torch.Tensor, max_new: int):
-        """Head probability and greedy answer ids (with a key/value cache), stopping when every answer has ended."""
+        """Head probability, the verdict word's log-odds and greedy answer ids (with a key/value cache), stopping when
+        every answer has ended."""
         cache = [{} for _ in self.model.layers]
         out = self.detection_prefix(x, cache)
         prob, logits, pos = out["cls_logits"].softmax(-1)[:, 1], out["lm_logits"][:, -1], out["positions"][:, -1]
+        r, f = self.verdict_ids
+        logp = logits.double().log_softmax(-1)
+        odds = logp[:, f] - logp[:, r]
         visible = out["visible"]
         eos, ans, done = self.tokenizer.eos_token_id, [], torch.zeros(len(x), dtype=torch.bool)
         for _ in range(max_new):
@@ -246,21 +334,23 @@ class UniGenDet:
                 break
             pos = pos + 1
             logits, visible = self.model.decode_step(nxt, pos, cache, visible)
-        return prob, torch.stack(ans, 1)
+        return prob, odds, torch.stack(ans, 1)
 
     @torch.no_grad()
     def detect(self, images: np.ndarray, max_new_tokens: int | None = None, progress: bool = False) -> pd.DataFrame:
-        """Per image: P(fake) from the head, the head's label at the stored threshold, and the explanation decoded
+        """Per image: P(fake) from the head, the head's label at the stored threshold, the verdict word's log-odds
+        (log p('fake') - log p('real'), a score with its own validation threshold) and the explanation decoded
         greedily from the LM head (the paper samples with nucleus sampling; greedy keeps runs reproducible). The
         answer's own real/fake verdict is `metrics.parse_verdict(explanation)`."""
         max_new = max_new_tokens or self.cfg.max_answer_tokens - 1
         eos, rows = self.tokenizer.eos_token_id, []
         for x in tqdm(self._pixels(images).split(self.cfg.eval_batch_size), desc="UniGenDet detect",
                       disable=not progress):
-            prob, ans = self._decode(x, max_new)
-            for p, ids in zip(prob.tolist(), ans.tolist()):
+            prob, odds, ans = self._decode(x, max_new)
+            for p, o, ids in zip(prob.tolist(), odds.tolist(), ans.tolist()):
                 text = self.tokenizer.decode([i for i in ids if i not in (eos, self.pad_id)]).strip()
-                rows.append({"prob_fake": p, "label": int(p >= self.threshold), "explanation": text})
+                rows.append({"prob_fake": p, "label": int(p >= self.threshold), "verdict_log_odds": o,
+                             "explanation": text})
         return pd.DataFrame(rows)
 
     # -- generation
@@ -287,7 +377,7 @@ class UniGenDet:
         self.tokenizer.save_pretrained(str(folder / "tokenizer"))
         self.vae.save_pretrained(str(folder / "vae"), safe_serialization=True)
         atomic_write_json(folder / "unigendet.json", {"config": asdict(self.cfg), "threshold": self.threshold,
-                                                      **(extra or {})})
+                                                      "verdict_threshold": self.verdict_threshold, **(extra or {})})
         return folder
 
     @classmethod
@@ -302,7 +392,7 @@ class UniGenDet:
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
         ug = cls(cfg, model.eval(), PreTrainedTokenizerFast.from_pretrained(str(folder / "tokenizer")),
                  AutoencoderKL.from_pretrained(str(folder / "vae")))
-        ug.threshold = meta["threshold"]
+        ug.threshold, ug.verdict_threshold = meta["threshold"], meta.get("verdict_threshold", 0.0)
         return ug
 
 
@@ -403,26 +493,42 @@ class UniGenDetDetector(Detector):
         if missing:
             raise DataError("training rows", f"UniGenDet learns to explain: {missing} of {len(df)} rows have no "
                                              "explanation (udet-mini and FakeClue JSON have them; folder layouts do not)")
-        torch.manual_seed(seed)
-        if self.weights.unified:   # fine-tune the pretrained unified model, as the paper fine-tunes BAGEL
-            self.model = from_pretrained(self.cfg, self.weights.unified)
-        else:
-            from diffusers import AutoencoderKL
-            vae = AutoencoderKL.from_pretrained(str(self.weights.folder("vae", self.name)))
-            texts = list(df["explanation"]) + list(df.loc[df["label"] == 0, "caption"])
-            self.model = UniGenDet.build(self.cfg, vae, texts, self.p.data.resolution)
+        self.model = self.start_model(df, seed)
+        val_images, val_df, problems = val.load(progress=progress, num_workers=workers) if val is not None else (None, None, [])
+        self.bad_files += [{"path": str(q), "problem": why} for q, why in problems]
         with PeakRSS() as mem:
             if isinstance(train, ArrayDataset):   # in memory (the notebooks)
                 data = self.model.training_tensors(train.images, df, seed)
             else:
                 data, problems = self.model.training_examples(train, seed, workers, progress)
                 self.bad_files += [{"path": str(q), "problem": why} for q, why in problems]
-            self.history = self.model.train(data, seed=seed, out_dir=out_dir, progress=progress, workers=workers)
-        final = self.history[-1] if self.history else {}
+            self.history = self.model.train(data, seed=seed, out_dir=out_dir, progress=progress, workers=workers,
+                                            val=None if val is None else (val_images, val_df["label"].to_numpy()),
+                                            probe=training_probe(train, workers))
+        steps = [h for h in self.history if "gduf" in h]
+        final = steps[-1] if steps else {}
         # per step of this call's training (a fit resumed from a checkpoint ran fewer steps: then an underestimate)
         return {**{k: final.get(k) for k in ("gduf", "L_cls", "L_exp", "L_gen", "wall_s")},
-                "s_per_step": round(final.get("wall_s", 0.0) / max(1, len(self.history)), 4),
-                "train_peak_rss_mb": round(mem.peak_mb)}
+                "s_per_step": round(final.get("wall_s", 0.0) / max(1, len(steps)), 4),
+                "train_peak_rss_mb": round(mem.peak_mb), **selected(self.history)}
+
+    def start_model(self, df: pd.DataFrame, seed: int) -> UniGenDet:
+        """The model GDUF starts from (step 0 of its learning curve): the pretrained unified model when handed one,
+        as the paper fine-tunes BAGEL, else a fresh one whose tokenizer learns `df`'s texts; either way the detection
+        head is initialised afresh from `seed` (the zoo model's head never trained, and seeds must not share one)."""
+        torch.manual_seed(seed)
+        if self.weights.unified:
+            ug = from_pretrained(self.cfg, self.weights.unified)
+        else:
+            from diffusers import AutoencoderKL
+            vae = AutoencoderKL.from_pretrained(str(self.weights.folder("vae", self.name)))
+            texts = list(df["explanation"]) + list(df.loc[df["label"] == 0, "caption"])
+            ug = UniGenDet.build(self.cfg, vae, texts, self.p.data.resolution)
+        torch.manual_seed(seed)
+        for m in ug.model.det_head.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        return ug
 
     def parameter_count(self) -> int:
         """Parameters of the unified model."""
@@ -432,8 +538,12 @@ class UniGenDetDetector(Detector):
         return self.model.probabilities(images, progress=progress)
 
     def calibrate(self, val, *, progress=False, workers=0):
-        super().calibrate(val, progress=progress, workers=workers)
-        self.model.threshold = self.threshold
+        """The head's threshold and the verdict log-odds' threshold, both on the validation split."""
+        images, df, _ = val.load(progress=progress, num_workers=workers)
+        s = self.model.head_and_verdict(images, progress)
+        y = df["label"].to_numpy()
+        self.threshold = self.model.threshold = calibrate_threshold(np.asarray(s.p_fake, float), y)
+        self.model.verdict_threshold = calibrate_threshold(s.verdict, y)
 
     def save(self, folder):
         self.model.save(folder, {"history": self.history})
@@ -444,6 +554,34 @@ class UniGenDetDetector(Detector):
         det.model = UniGenDet.load(folder)
         det.history = checkpoint_meta(folder, "unigendet.json", "UniGenDet").get("history", [])
         return det
+
+
+GDUF_PROBE_PER_CLASS = 32   # training images per class on which the learning curve is drawn beside validation
+
+
+def training_probe(train, workers: int = 0):
+    """(uint8 images, labels) of a fixed class-balanced subset of the training rows (the first of each class)."""
+    y = train.manifest["label"].to_numpy()
+    keep = np.concatenate([np.flatnonzero(y == c)[:GDUF_PROBE_PER_CLASS] for c in (0, 1)])
+    if isinstance(train, ArrayDataset):
+        return train.images[keep], y[keep]
+    images, index = [], []
+    for b in train.loader(64, workers, rows=keep):
+        images.append(b.images.numpy()), index.append(b.index.numpy())
+    index = np.concatenate(index)
+    return np.concatenate(images), y[index]
+
+
+def selected(history: list[dict]) -> dict:
+    """Which step model selection kept (0: the model GDUF started from) and the validation head / verdict AUC there
+    and at step 0; empty without validation checks."""
+    checks = [h for h in history if "val_auc" in h]
+    if not checks:
+        return {}
+    chosen = checks[-1]["best_step"]
+    kept = next(h for h in checks if h["step"] == chosen)
+    return {"chosen_step": chosen, **{f"{name}_{k}": h[k] for name, h in (("step0", checks[0]), ("chosen", kept))
+                                      for k in ("val_auc", "val_verdict_auc")}}
 
 
 def cached_answers(det: UniGenDetDetector, images: np.ndarray, progress: bool = False) -> pd.DataFrame:

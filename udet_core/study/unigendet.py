@@ -25,6 +25,7 @@ from udet_core.engine.metrics import (
     judged_real_share,
     summary,
 )
+from udet_core.methods.base import create_detector
 from udet_core.methods.diga import Diga
 from udet_core.methods.gduf import UniGenDet, UniGenDetDetector, cached_answers
 from udet_core.models.featnet import INCEPTION_FILE, load_featnet, save_featnet
@@ -32,21 +33,60 @@ from udet_core.study.evaluation import summary_subsets
 from udet_core.world import zoo
 from udet_core.world.benchmark import method_artifact
 from udet_core.world.trainers import train_featnet
+from udet_core.world.weights import weights_for
 
 
 def explanation_eval(det: UniGenDetDetector, wb):
     """Paper Table 1/6 metrics of a fitted UniGenDet on the test split, one row per summary subset: bAcc, F1,
-    ROUGE-L, CSS of the answers (and how many could not be parsed), beside the head's bacc/AP/AUC at the
-    validation threshold. Returns (rows, the answers with their test rows)."""
+    ROUGE-L, CSS of the answers (and how many could not be parsed), beside the head's bacc/AP/AUC and the verdict
+    word's log-odds as a score (AUC, and bacc at its validation threshold). Returns (rows, the answers with their
+    test rows)."""
     x_test, test = wb.split("test")
     out = cached_answers(det, x_test, wb.progress)
     rows = []
     for subset, m in summary_subsets(test).items():
         y = test["label"].to_numpy()[m]
         head = summary(y, out["prob_fake"].to_numpy()[m], det.threshold)
+        verdict = summary(y, out["verdict_log_odds"].to_numpy()[m], det.model.verdict_threshold)
         rows.append({"subset": subset, **explanation_metrics(y, list(test["explanation"][m]), list(out["explanation"][m])),
-                     "head_bacc": head["bacc"], "head_AP": head["AP"], "head_AUC": head["AUC"]})
+                     "head_bacc": head["bacc"], "head_AP": head["AP"], "head_AUC": head["AUC"],
+                     "verdict_AUC": verdict["AUC"], "verdict_bacc": verdict["bacc"]})
     return pd.DataFrame(rows), pd.concat([test, out.add_prefix("pred_")], axis=1)
+
+
+def start_model_of(wb) -> UniGenDet:
+    """The model GDUF starts from on this workbench (`UniGenDetDetector.start_model`, the workbench's seed), in eval
+    mode: what the linear probes read."""
+    det = create_detector("unigendet", wb.p, wb.run_dir, weights=weights_for(UniGenDetDetector, wb.p, wb.run_dir, None))
+    ug = det.start_model(wb.split("train")[1], wb.seed)
+    ug.model.eval()
+    return ug
+
+
+def high_pass(images: np.ndarray) -> np.ndarray:
+    """(N, S*S*3) pixels minus their 3x3 box blur: the high frequencies most forensic detectors read."""
+    x = to_tensor(images)
+    return (x - F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)).flatten(1).numpy()
+
+
+def linear_probes(ug: UniGenDet, wb) -> pd.DataFrame:
+    """Does a representation carry the real/fake signal before GDUF? A class-balanced logistic regression on each
+    of `ug.features` (the model GDUF starts from) and on high-pass pixels, fitted on the train split and scored
+    (AUC) on the validation and test splits; `train_AUC` shows how far each probe fits its training rows."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    splits = {name: wb.split(name) for name in ("train", "val", "test")}
+    feats = {name: {**ug.features(x), "high-pass pixels (no model)": high_pass(x)} for name, (x, _) in splits.items()}
+    rows = []
+    for rep in feats["train"]:
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, class_weight="balanced", max_iter=5000))
+        clf.fit(feats["train"][rep], splits["train"][1]["label"])
+        rows.append({"representation": rep, "dims": feats["train"][rep].shape[1],
+                     **{f"{name}_AUC": roc_auc_score(df["label"], clf.predict_proba(feats[name][rep])[:, 1])
+                        for name, (_, df) in splits.items()}})
+    return pd.DataFrame(rows)
 
 
 def fitted_diga(wb, *, seed: int, p=None, force: bool = False) -> tuple[UniGenDet, list[dict]]:

@@ -236,6 +236,39 @@ def curves(histories: dict, keys, title: str | None = None, smooth: int = 10):
     return fig
 
 
+GDUF_CURVE = (("val_auc", "o-", "C0", "val: head"), ("train_auc", "o-", "C1", "train subset: head"),
+              ("val_verdict_auc", "x--", "C0", "val: verdict log-odds"),
+              ("train_verdict_auc", "x--", "C1", "train subset: verdict log-odds"))
+
+
+def learning_curves(histories: dict, series=GDUF_CURVE, title: str | None = None):
+    """Learning curves from step 0 (`train.ModelSelection` checks), one panel per model {name: history}: each of
+    `series` (history key, style, colour, label) at every check, the step model selection kept, chance at 0.5; and
+    below, the head's L_cls per class on validation (both should fall; one falling alone is a constant answer)."""
+    fig, axes = plt.subplots(2, len(histories), figsize=(3.6 * len(histories), 5.2), squeeze=False,
+                             constrained_layout=True)
+    for (top, low), (name, hist) in zip(axes.T, histories.items()):
+        checks = [h for h in hist if "val_auc" in h]
+        top.set_title(name, fontsize=9)
+        if not checks:
+            top.text(0.5, 0.5, "no validation checks", ha="center", va="center", transform=top.transAxes)
+            continue
+        steps = [h["step"] for h in checks]
+        for key, style, colour, label in series:
+            if key in checks[0]:
+                top.plot(steps, [h[key] for h in checks], style, color=colour, ms=3, lw=1, label=label)
+        top.axvline(checks[-1]["best_step"], color="grey", ls="--", lw=1, label=f"kept: step {checks[-1]['best_step']}")
+        top.axhline(0.5, color="grey", lw=0.8, ls=":")
+        top.set_ylim(0, 1), top.set_xlabel("step"), top.set_ylabel("AUC"), top.legend(fontsize=6)
+        for key, label in (("val_L_cls_real", "val reals"), ("val_L_cls_fake", "val fakes")):
+            if key in checks[0]:
+                low.plot(steps, [h[key] for h in checks], "o-", ms=3, lw=1, label=label)
+        low.set_xlabel("step"), low.set_ylabel("head L_cls (eq. 6)"), low.legend(fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
 def robustness_figure(long, detector: str, metric: str = "bacc", note: str = "synthetic stand-in data"):
     """One detector's robustness: `metric` (mean over seeds) over JPEG quality x centre-crop ratio, and
     against Gaussian blur (sigma 0 = clean), from the long table of `evaluation.robustness`."""
