@@ -360,8 +360,7 @@ def test_detect_cli_scores_a_folder_and_lists_bad_files(tmp_path, tiny_checkpoin
 def test_fast_mode_scores(tiny_checkpoint, tiny_data):
     from udet_core.methods.base import load_detector
     _, images, df = tiny_data
-    det = load_detector(tiny_checkpoint)
-    det.use_cache = False
+    det = load_detector(tiny_checkpoint).uncached()
     full = det.score(images[:4])
     det.fast = True
     fast = det.score(images[:4])

@@ -163,7 +163,7 @@ def test_streamed_scores_equal_the_in_memory_path_for_every_detector(tiny_run, t
     # difference of a batched kernel can flip one pixel of DIRE's 8-bit image (1.9e-6 in its score, seen with
     # OMP_NUM_THREADS=1 at batches of 5 against 64): that is float arithmetic, not the streaming under test.
     for name, det in dets.items():
-        det.use_cache = False
+        det = det.uncached()
         streamed, problems = score_dataset(det, ds, batch_size=16)
         x = images[test]
         in_memory = np.concatenate([np.asarray(det.score(x[i:i + 16]), dtype=float) for i in range(0, len(x), 16)])

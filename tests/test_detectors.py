@@ -134,8 +134,7 @@ def test_dire_cache_matches_a_fresh_reconstruction(bench):
     det = fitted("dire", p, run_dir, images, df, seed=0, weights=default_weights(p, run_dir))
     x = images[(df["split"] == "val").to_numpy()][:4]
     cached = det.dire_images(x)
-    det.use_cache = False
-    fresh = det.dire_images(x)
+    fresh = det.uncached().dire_images(x)
     assert cached.dtype == np.uint8 and np.array_equal(cached, fresh) and fresh.max() > 0
 
 
@@ -189,8 +188,7 @@ def test_craft_scores_through_the_prefix_cache_equal_fresh_scores(bench):
     cached = det.score(x)
     assert len(set(cache_dir(run_dir).glob("craft-prefix-*")) - before) == 1     # one new prefix file
     again = det.score(x)                                                          # read back from it
-    det.use_cache = False
-    fresh = det.score(x)
+    fresh = det.uncached().score(x)
     assert np.allclose(cached, fresh, atol=1e-6) and np.allclose(again, fresh, atol=1e-6)
     # what the prefix depends on is in its key; what it does not depend on is not
     m = det.model

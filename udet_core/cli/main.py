@@ -425,8 +425,7 @@ def _detect(a) -> int:
     if not paths:
         raise DataError(", ".join(map(str, a.paths)), "no image file to score ("
                         + "; ".join(f"{q}: {why}" for q, why in problems) + ")")
-    det = reload_detector(a.checkpoint)
-    det.use_cache = False
+    det = reload_detector(a.checkpoint).uncached()
     if a.fast:
         if det.name != "craft":
             raise DataError(a.checkpoint, f"--fast is CRAFT-fast; this is a {det.name} checkpoint")

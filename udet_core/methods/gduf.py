@@ -449,6 +449,13 @@ def generation_only(cfg: GdufConfig) -> GdufConfig:
     return replace(cfg, w_cls=0.0, w_exp=0.0, steps=max(1, round(cfg.steps * share)))
 
 
+def without_generation(cfg: GdufConfig) -> GdufConfig:
+    """The "w/o generation task" ablation of paper Table 6 at equal detection samples: no generation rows, and as
+    many steps as make the detection rows of GDUF (steps x 1 / (1 + gen_ratio) batches); with GDUF's step count it
+    would see 1 + gen_ratio times the detection samples, confounding "no generation" with "more detection"."""
+    return replace(cfg, gen_ratio=0.0, steps=max(1, round(cfg.steps / (1 + cfg.gen_ratio))))
+
+
 def mixed_task_accelerator():
     """An Accelerator whose DistributedDataParallel tolerates weights a step does not use (a process's share of a
     mixed batch may hold no generation rows, or no detection rows)."""

@@ -119,7 +119,7 @@ def streaming(det, ds, n: int = 1000, batch_size: int = 64, workers: int = 2) ->
     """Images/s of scoring `n` random rows of the lazy data set `ds` with detector `det`: in memory (decode all
     rows into one array, then score it; the notebooks' path) against streamed through a DataLoader with `workers`
     decoding processes (`methods.base.score_dataset`), and the peak resident memory of each (this process, MiB)."""
-    det.use_cache = False
+    det = det.uncached()
     sample = ds.manifest.sample(min(n, len(ds)), random_state=0)   # both classes, every family
     sub = ImageDataset(sample, ds.size, ds.policy, ds.multiple, ds.convert, ds.description)
     rows = []

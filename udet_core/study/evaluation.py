@@ -361,8 +361,7 @@ def evaluate_checkpoints(checkpoints, dataset_for, *, batch_size: int = 64, num_
 
     rows, fams, scores, runs = [], [], [], []
     for folder in checkpoints:
-        det = reload_detector(folder)
-        det.use_cache = False        # no per-image caches on data of unknown size
+        det = reload_detector(folder).uncached()   # no per-image caches on data of unknown size
         ds = dataset_for(det).subset("test")
         test = check_split(ds.manifest, "test", ds.description.get("spec", "data set"))
         t0 = time.perf_counter()

@@ -11,6 +11,7 @@ generators (GAN, DDPM, the `ldm` and `aligned` families) are always `-train` mod
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -282,13 +283,9 @@ def path(p: Profile, name: str, zoo_dir=None) -> Path:
     if recorded_key != wanted:
         raise DataError(folder, f"trained with other configs or on other zoo models (key {recorded_key}, profile "
                                 f"{p.name!r} needs {wanted}); {fix}")
-    stats = _stats(folder)
-    if _VERIFIED.get(folder) != (wanted, stats):   # hash the files again only when one of them changed
-        actual = _files(folder)
-        for rel, sha in files.items():
-            if actual.get(rel) != sha:
-                raise DataError(folder / rel, f"checksum mismatch or file missing (zoo corrupt); {fix}")
-        _VERIFIED[folder] = (wanted, stats)
+    bad = _mismatches(folder, tuple(sorted(files.items())), _stats(folder))
+    if bad:
+        raise DataError(folder / bad[0], f"checksum mismatch or file missing (zoo corrupt); {fix}")
     return folder
 
 
@@ -297,7 +294,13 @@ def card(folder) -> dict:
     return json.loads((Path(folder) / "card.json").read_text())
 
 
-_VERIFIED: dict = {}   # folder -> (key, file stats) of its last successful verification
+@functools.lru_cache(maxsize=64)
+def _mismatches(folder: Path, files: tuple, stats: tuple) -> list[str]:
+    """The files of `folder` whose sha256 is not the card's (`files`: (relative path, sha256) pairs). A pure function
+    of its arguments, memoised: `stats` (every file's path, size and mtime) is part of the key, so the files are
+    hashed again exactly when one of them changed."""
+    actual = _files(folder)
+    return [rel for rel, sha in files if actual.get(rel) != sha]
 
 
 def _stats(folder: Path) -> tuple:
