@@ -112,18 +112,29 @@ def scaled_k(k_of_50: int, n_steps: int) -> int:
     return max(1, min(n_steps, round(k_of_50 * n_steps / 50)))
 
 
+BASELINE, PERTURBATION_ONLY = "baseline (no fine-tune)", "perturbation only"   # Table 2's rows without fine-tuning
+
+
+def table2_name(loss: str, perturb: bool) -> str:
+    """The name of a fine-tuned Table 2 row: '<LOSS> + CE', with ' + perturbation' when the latent is perturbed."""
+    return f"{loss.upper()} + CE{' + perturbation' if perturb else ''}"
+
+
+FULL_MODEL = table2_name("cr", True)   # the paper's CRAFT: CR + CE with the perturbation
+PAIRED_CONTROLS = [(table2_name("cr", on), table2_name("l1", on)) for on in (False, True)]   # one change: the loss
+
+
 def ablation_variants(p) -> dict[str, dict[str, CraftConfig]]:
     """The CRAFT variants of paper Tables 2, 5 and 6 and of the lambda / m / delta sweeps (the groups named in
     `p.ablation.groups`): each the profile's CraftConfig with one change (so the full-model rows are the same fitted
     model as notebook 03's CRAFT); Table 5's 'w/o fine-tune' row is the Table 2 baseline, as in the paper."""
     c, a = p.craft, p.ablation
     frozen = dict(train_encoder=False, train_unet=False, train_decoder=False)
-    table2 = {"baseline (no fine-tune)": replace(c, perturb=False, **frozen),
-              "perturbation only": replace(c, **frozen)}
+    table2 = {BASELINE: replace(c, perturb=False, **frozen), PERTURBATION_ONLY: replace(c, **frozen)}
     for on in (False, True):
         for loss in ("l1", "l2", "cr"):
-            table2[f"{loss.upper()} + CE{' + perturbation' if on else ''}"] = replace(c, loss=loss, perturb=on)
-    table5 = {"w/o fine-tune": table2["baseline (no fine-tune)"]}   # as the paper's: its Table 2 baseline
+            table2[table2_name(loss, on)] = replace(c, loss=loss, perturb=on)
+    table5 = {"w/o fine-tune": table2[BASELINE]}   # as the paper's: its Table 2 baseline
     for enc in (False, True):
         for unet in (False, True):
             for dec in (False, True):

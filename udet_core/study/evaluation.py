@@ -22,6 +22,7 @@ from udet_core.methods.base import (
     score_dataset,
     scoring_cost,
 )
+from udet_core.study.craft import BASELINE, FULL_MODEL, PERTURBATION_ONLY, table2_name
 from udet_core.world.weights import reload_detector
 
 METRICS = ["bacc", "AP", "AUC", "TPR@5%FPR", "real_acc", "fake_acc"]
@@ -220,7 +221,7 @@ def effect_claim(long, table: str, metric: str = "bacc", subset: str = "all test
 def craft_paper_claims(tables: dict, variants: dict, k: int) -> pd.DataFrame:
     """CRAFT's ablation claims (Tables 2, 5, 6) checked on the ablation groups that ran (`tables`: group -> long
     per-seed table; `variants`: group -> {name: config}; `k`: the profile's fine-tuned steps)."""
-    full = "CR + CE + perturbation"
+    full, cr, l1, l2 = FULL_MODEL, table2_name("cr", False), table2_name("l1", False), table2_name("l2", False)
     rows, focus = [], focus_subset(next(iter(tables.values())))
     checks = [("bacc", "all test"), ("AUC", "all test")] + ([("bacc", focus)] if focus != "all test" else [])
     for metric, subset in checks:
@@ -228,11 +229,11 @@ def craft_paper_claims(tables: dict, variants: dict, k: int) -> pd.DataFrame:
         if "table2" in tables:
             t2 = tables["table2"]
             rows += [
-                chance_claim(t2, "T2: without fine-tuning, detection is near chance", "baseline (no fine-tune)", **kw),
-                ordering_claim(t2, "T2: perturbation alone beats the baseline", ["perturbation only"], ["baseline (no fine-tune)"], **kw),
-                ordering_claim(t2, "T2: fine-tune only, CR beats L1", ["CR + CE"], ["L1 + CE"], **kw),
-                ordering_claim(t2, "T2: fine-tune only, L1 beats L2", ["L1 + CE"], ["L2 + CE"], **kw),
-                ordering_claim(t2, "T2: adding perturbation to CR fine-tuning helps", [full], ["CR + CE"], **kw),
+                chance_claim(t2, "T2: without fine-tuning, detection is near chance", BASELINE, **kw),
+                ordering_claim(t2, "T2: perturbation alone beats the baseline", [PERTURBATION_ONLY], [BASELINE], **kw),
+                ordering_claim(t2, "T2: fine-tune only, CR beats L1", [cr], [l1], **kw),
+                ordering_claim(t2, "T2: fine-tune only, L1 beats L2", [l1], [l2], **kw),
+                ordering_claim(t2, "T2: adding perturbation to CR fine-tuning helps", [full], [cr], **kw),
                 best_claim(t2, "T2: fine-tune & perturbation is the best setting", full, **kw)]
         if "table5" in tables:
             t5 = tables["table5"]
