@@ -233,6 +233,18 @@ def test_the_base_generator_sees_as_many_generation_samples_as_gduf(tiny):
     assert generation_only(replace(cfg, gen_ratio=0.2, steps=150)).steps == 25
 
 
+def test_without_generation_sees_as_many_detection_samples_as_gduf():
+    """Table 6's "w/o generation task" at equal detection samples: GDUF's batches hold batch x 1/(1 + gen_ratio)
+    detection rows for `steps` steps; the ablation's hold only detection rows, for fewer steps."""
+    from udet_core.core.profiles import get_profile
+    from udet_core.methods.gduf import without_generation
+    for ratio in (1.0, 0.2):
+        cfg = replace(get_profile("default").gduf, gen_ratio=ratio)
+        wo = without_generation(cfg)
+        assert wo.gen_ratio == 0.0 and wo.batch_size == cfg.batch_size and wo.smsa == cfg.smsa
+        assert wo.steps * wo.batch_size == pytest.approx(cfg.steps * cfg.batch_size / (1 + ratio), abs=cfg.batch_size)
+
+
 def test_unigendet_trains_detects_generates_and_reloads(tiny_wb, tiny, tmp_path):
     from udet_core.methods.gduf import UniGenDet, cached_answers
     images, df = tiny_wb.images, tiny_wb.df

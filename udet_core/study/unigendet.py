@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +24,19 @@ from udet_core.engine.metrics import (
     frechet_distance,
     intra_prompt_diversity,
     judged_real_share,
+    mean_std_table,
     summary,
 )
 from udet_core.methods.base import create_detector
 from udet_core.methods.diga import Diga
-from udet_core.methods.gduf import UniGenDet, UniGenDetDetector, cached_answers
+from udet_core.methods.gduf import (
+    UniGenDet,
+    UniGenDetDetector,
+    cached_answers,
+    without_generation,
+)
 from udet_core.models.featnet import INCEPTION_FILE, load_featnet, save_featnet
-from udet_core.study.evaluation import summary_subsets
+from udet_core.study.evaluation import Evaluation, focus_subset, ordering_claim, summary_subsets
 from udet_core.world import zoo
 from udet_core.world.benchmark import method_artifact
 from udet_core.world.trainers import train_featnet
@@ -52,6 +59,42 @@ def explanation_eval(det: UniGenDetDetector, wb):
                      "head_bacc": head["bacc"], "head_AP": head["AP"], "head_AUC": head["AUC"],
                      "verdict_AUC": verdict["AUC"], "verdict_bacc": verdict["bacc"]})
     return pd.DataFrame(rows), pd.concat([test, out.add_prefix("pred_")], axis=1)
+
+
+TABLE6_METRICS = ["bAcc", "F1", "ROUGE-L", "CSS", "unparsed", "head_bacc", "head_AP", "head_AUC", "verdict_AUC",
+                  "verdict_bacc"]
+
+
+def table6_variants(p) -> dict:
+    """Paper Table 6's GDUF variants: the full model, w/o SMSA, and w/o the generation task at equal detection
+    samples (`methods.gduf.without_generation`)."""
+    return {"UniGenDet": p.gduf, "w/o SMSA": replace(p.gduf, smsa=False), "w/o generation task": without_generation(p.gduf)}
+
+
+def table6(wb, seeds, force: bool = False) -> tuple[Evaluation, dict]:
+    """Paper Table 6 on the workbench: each variant (`table6_variants`) fitted per seed (cached detector artifacts,
+    so notebook 01 trains them and notebook 04 reads them back) and evaluated by `explanation_eval`. Returns
+    (Evaluation: mean ± std of `TABLE6_METRICS` per subset x variant, and the long per-seed table;
+    {(variant, seed): (fitted detector, its test answers)})."""
+    rows, fitted_ = [], {}
+    for name, cfg in table6_variants(wb.p).items():
+        for s in seeds:
+            det = wb.fitted("unigendet", p=replace(wb.p, gduf=cfg), seed=s, force=force)
+            table, answers = explanation_eval(det, wb)
+            fitted_[name, s] = det, answers
+            rows.append(table.assign(variant=name, seed=s))
+    long = pd.concat(rows, ignore_index=True)
+    return Evaluation(mean_std_table(long, ["subset", "variant"], TABLE6_METRICS), long), fitted_
+
+
+def table6_claims(long: pd.DataFrame) -> pd.DataFrame:
+    """Paper Table 6's ordering (the full model beats each ablation), per metric on the focus subset (reals +
+    held-out families where the manifest assigns roles), through the one claim checker `evaluation.ordering_claim`:
+    means over seeds and whether the smallest gap exceeds the seeds' spread (None with one seed)."""
+    focus = focus_subset(long)
+    return pd.DataFrame([ordering_claim(long, f"UniGenDet > {v}", ["UniGenDet"], [v], metric, focus)
+                         for v in long["variant"].unique() if v != "UniGenDet"
+                         for metric in ("bAcc", "F1", "ROUGE-L", "CSS", "head_AUC", "verdict_AUC")])
 
 
 def start_model_of(wb) -> UniGenDet:
