@@ -256,7 +256,11 @@ def test_unigendet_trains_detects_generates_and_reloads(tiny_wb, tiny, tmp_path)
     checks = [h for h in det.history if "val_auc" in h]
     assert [h["step"] for h in checks] == [0, tiny.gduf.steps] and det.history[0]["step"] == 0
     assert {"train_auc", "val_verdict_auc", "val_L_cls_real", "val_L_cls_fake", "val_unparsed"} <= set(checks[0])
-    assert det.fit_info["chosen_step"] == checks[-1]["best_step"] in (0, tiny.gduf.steps)
+    # selected among the checks whose answers start with a verdict word; none such (tiny's 4 steps): the last step
+    eligible = [h["step"] for h in checks if h["val_unparsed"] <= tiny.gduf.max_unparsed]
+    assert checks[-1]["best_step"] == (max(eligible, key=lambda s: next(h["val_auc"] for h in checks if h["step"] == s))
+                                       if eligible else None)
+    assert det.fit_info["chosen_step"] == (checks[-1]["best_step"] if eligible else tiny.gduf.steps)
     x = images[(df["split"] == "test").to_numpy()][:4]
     out = cached_answers(det, x)
     assert list(out.columns) == ["prob_fake", "label", "verdict_log_odds", "explanation"] and len(out) == 4

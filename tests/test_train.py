@@ -133,6 +133,10 @@ def test_model_selection_starts_at_step_0_and_keeps_it_unless_a_check_beats_it()
     assert never(1)["best_step"] == 0
     never.restore()
     assert torch.equal(net.weight, w)                       # nothing beat the start: the start is kept
+    # only eligible checks are candidates; none eligible: nothing is kept and the model stays as training left it
+    picky = ModelSelection(lambda: {"val_auc": 0.9, "ok": False}, {"net": net}, every=1, last=2, patience=5,
+                           eligible=lambda row: row["ok"])
+    assert picky(0)["best_step"] is None and picky(1)["best_step"] is None and picky.best is None
 
 
 def test_warmup_raises_the_rate_linearly_and_resumes_with_the_state(tmp_path):

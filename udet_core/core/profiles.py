@@ -229,6 +229,8 @@ class GdufConfig:
     warmup_steps: int = 0             # linear warmup of both rates (official: 2,000 of 2e-5)
     weight_decay: float = 0.0
     eval_every: int = 25              # model selection on the validation head AUC from step 0 (0: none)
+    max_unparsed: float = 0.1         # ... among checks whose validation answers start with a verdict word at least
+                                      # 1 - max_unparsed of the time (a UniGenDet that cannot answer is no candidate)
     patience: int = 1000              # checks without improvement before stopping (large: select, never stop)
     max_answer_tokens: int = 96       # <answer> + explanation + end-of-text, truncated beyond
     vocab_size: int = 1024            # byte-level BPE trained on the training rows' text (at most)

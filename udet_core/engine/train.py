@@ -55,18 +55,21 @@ class ModelSelection:
     model as it is now (e.g. `val_auc`, and a training subset's beside it for the learning curve); at step 0, every
     `every` steps and at the `last` one, the parameters that train are kept when `check()[metric]` beats every
     earlier check (ties keep the earlier step, so the start wins unless a trained check beats it), and training stops
-    after `patience` checks without improvement. `restore()` loads the kept parameters; `best_step` says which."""
+    after `patience` checks without improvement. `eligible(row)`, when given, says which checks are candidates at
+    all (e.g. a model that must also answer in words); none eligible: nothing is kept (`best_step` None) and the
+    model stays as training left it. `restore()` loads the kept parameters; `best_step` says which."""
 
     def __init__(self, check: Callable[[], dict], modules: dict, *, every: int, last: int, patience: int,
-                 metric: str = "val_auc"):
+                 metric: str = "val_auc", eligible: Callable[[dict], bool] | None = None):
         self.check, self.modules, self.every, self.last, self.patience = check, modules, every, last, patience
-        self.metric, self.best_value, self.best_step, self.best, self.bad = metric, -math.inf, 0, None, 0
+        self.metric, self.eligible = metric, eligible
+        self.best_value, self.best_step, self.best, self.bad = -math.inf, None, None, 0
 
     def __call__(self, step: int, mods: dict | None = None) -> dict | None:
         if step and step % self.every and step != self.last:
             return None
         row = self.check()
-        if row[self.metric] > self.best_value:   # NaN never improves
+        if (self.eligible is None or self.eligible(row)) and row[self.metric] > self.best_value:   # NaN never improves
             self.best_value, self.best_step, self.bad = row[self.metric], step, 0
             self.best = {k: {n: q.detach().clone() for n, q in m.named_parameters() if q.requires_grad}
                          for k, m in self.modules.items()}

@@ -253,8 +253,9 @@ class UniGenDet:
         """GDUF training (accelerate; checkpoints in `out_dir`, resumed on rerun) on `training_tensors` or
         `training_examples` (read by `workers` DataLoader workers). With `val` = (uint8 images, labels) and
         `cfg.eval_every`, selected on the validation head AUC from step 0 (the model GDUF starts from) on
-        (`train.ModelSelection`), the learning curve drawn on `probe` (a training subset) beside it; the history then
-        starts with the step-0 check."""
+        (`train.ModelSelection`) among the checks whose answers start with a verdict word (`cfg.max_unparsed`: the
+        detector is also an explainer; none such: the last step), the learning curve drawn on `probe` (a training
+        subset) beside it; the history then starts with the step-0 check."""
         c = self.cfg
         obj = Objective("gduf", lambda m, b: self.loss(m["model"], b), self.param_groups(), lr=c.lr,
                         weight_decay=c.weight_decay, warmup_steps=c.warmup_steps)
@@ -262,7 +263,8 @@ class UniGenDet:
         if val is not None and c.eval_every:
             sets = {"val": val, **({"train": probe} if probe is not None else {})}
             selection = ModelSelection(self.learning_check(sets), {"model": self.model}, every=c.eval_every,
-                                       last=c.steps, patience=c.patience)
+                                       last=c.steps, patience=c.patience,
+                                       eligible=lambda row: row["val_unparsed"] <= c.max_unparsed)
         start = [{"step": 0, **selection(0)}] if selection is not None else []   # the model before GDUF
         history = fit({"model": self.model}, [obj], data, steps=c.steps, batch_size=c.batch_size,
                       seed=seed, out_dir=out_dir, checkpoint_every=checkpoint_every, desc="GDUF", progress=progress,
@@ -586,7 +588,9 @@ def selected(history: list[dict]) -> dict:
     if not checks:
         return {}
     chosen = checks[-1]["best_step"]
-    kept = next(h for h in checks if h["step"] == chosen)
+    if chosen is None:   # no check was a candidate: the weights training left
+        chosen = max(h["step"] for h in history)
+    kept = next((h for h in checks if h["step"] == chosen), checks[-1])
     return {"chosen_step": chosen, **{f"{name}_{k}": h[k] for name, h in (("step0", checks[0]), ("chosen", kept))
                                       for k in ("val_auc", "val_verdict_auc")}}
 

@@ -257,7 +257,9 @@ def learning_curves(histories: dict, series=GDUF_CURVE, title: str | None = None
         for key, style, colour, label in series:
             if key in checks[0]:
                 top.plot(steps, [h[key] for h in checks], style, color=colour, ms=3, lw=1, label=label)
-        top.axvline(checks[-1]["best_step"], color="grey", ls="--", lw=1, label=f"kept: step {checks[-1]['best_step']}")
+        kept = checks[-1]["best_step"]
+        kept = steps[-1] if kept is None else kept   # no check was a candidate: the weights training left
+        top.axvline(kept, color="grey", ls="--", lw=1, label=f"kept: step {kept}")
         top.axhline(0.5, color="grey", lw=0.8, ls=":")
         top.set_ylim(0, 1), top.set_xlabel("step"), top.set_ylabel("AUC"), top.legend(fontsize=6)
         for key, label in (("val_L_cls_real", "val reals"), ("val_L_cls_fake", "val fakes")):
