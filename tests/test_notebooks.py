@@ -21,7 +21,8 @@ def test_kernel_is_found():
 
 
 FIGURES = {"00_data_prep": ("00_real_vs_fake_grid", "00_family_spectra"),
-           "01_gduf": ("01_gduf_training_curves", "01_gduf_ablation", "01_gduf_explanations", "01_gduf_samples"),
+           "01_gduf": ("01_gduf_training_curves", "01_gduf_learning_curve", "01_gduf_ablation", "01_gduf_explanations",
+                       "01_gduf_samples"),
            "02_diga": ("02_diga_training_curves", "02_diga_samples"),
            "03_craft_training": ("03_craft_training_curve", "03_craft_distance_by_family", "03_comparison_ap"),
            "04_ablations": ("04_robustness_craft_bacc", "04_robustness_dire_AP", "04_robustness_aeroblade_bacc",
@@ -29,10 +30,11 @@ FIGURES = {"00_data_prep": ("00_real_vs_fake_grid", "00_family_spectra"),
            "05_honeycomb_collapse": ("05_honeycomb_figure1", "05_reconstruction_spectra", "05_jacobian_norms",
                                      "05_upsampler_ablation")}
 RESULTS = {"00_data_prep": ("00_counts", "00_backbone_fidelity", "00_spectral_baseline"),
-           "01_gduf": ("01_paper_model_parameters", "01_gduf_training_cost", "01_gduf_ablation", "01_gduf_paper_ordering"),
+           "01_gduf": ("01_paper_model_parameters", "01_gduf_training_cost", "01_gduf_ablation", "01_gduf_paper_ordering",
+                       "01_gduf_linear_probes"),
            "02_diga": ("02_diga_table4", "02_diga_ordering", "02_diga_detection"),
            "03_craft_training": ("03_craft_summary", "03_craft_per_family", "03_comparison", "03_comparison_per_family",
-                                 "03_cross_domain"),
+                                 "03_cross_domain", "03_unigendet_verdicts"),
            "04_ablations": ("04_robustness", "04_format_bias", "04_craft_table2", "04_craft_table5", "04_craft_table6",
                             "04_craft_lambda", "04_craft_margin", "04_craft_delta", "04_craft_paper_claims", "04_effects",
                             "04_craft_premise"),
