@@ -52,7 +52,27 @@ def world(tmp_path_factory):
     ckpt = root / "ckpt"
     r = _cli("train", "cnnspot", "--data", tree, "--out", ckpt, "--run-dir", root / "run", *TRAIN)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "training cnnspot at 16 px (profile tiny's data.resolution), policy center-crop, 4 steps" in r.stdout
     return root, tree, ckpt
+
+
+def test_on_foreign_data_a_detector_trains_at_its_published_input_size():
+    """On data other than udet-mini, `train` uses the detector's published input size (CNNSpot's 224 px crops, not
+    the default profile's 32 px), unless --set data.resolution says otherwise or the profile keeps its own (tiny)."""
+    from dataclasses import replace
+
+    from udet_core.core.profiles import get_profile
+    from udet_core.methods.base import detector_class, input_size
+    p = get_profile("default")
+    assert p.data.resolution == 32
+    published = {name: input_size(detector_class(name), p, on_udet_mini=False, set_by_user=False)[0]
+                 for name in ("craft", "dire", "aeroblade", "cnnspot", "unigendet")}
+    assert published == {"craft": 256, "dire": 256, "aeroblade": 512, "cnnspot": 224, "unigendet": 224}
+    assert input_size(detector_class("cnnspot"), p, on_udet_mini=True, set_by_user=False)[0] == 32
+    own = replace(p, data=replace(p.data, resolution=64))
+    assert input_size(detector_class("cnnspot"), own, on_udet_mini=False, set_by_user=True) == (
+        64, "set by --set data.resolution")
+    assert input_size(detector_class("cnnspot"), get_profile("tiny"), on_udet_mini=False, set_by_user=False)[0] == 16
 
 
 # ------------------------------------------------------------------ 1. a foreign resume never records a lie

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -23,9 +24,8 @@ from udet_core.core.provenance import PeakRSS, Timer, provenance
 from udet_core.data.dataset import (
     POLICIES,
     ImageDataset,
-    check_split,
+    prepare_splits,
     readable_labels,
-    split_validation,
 )
 from udet_core.data.images import scan_folder, set_max_pixels
 from udet_core.data.manifest import FAKE, REAL
@@ -33,6 +33,7 @@ from udet_core.methods.base import (
     create_detector,
     detector_class,
     fit_detector,
+    input_size,
     list_detectors,
     score_dataset,
 )
@@ -42,7 +43,7 @@ from udet_core.study.evaluation import evaluate_checkpoints
 from udet_core.study.workbench import open_workbench
 from udet_core.world import zoo
 from udet_core.world.benchmark import build_benchmark, counts_table
-from udet_core.world.specs import open_dataset
+from udet_core.world.specs import EMBEDDED, open_dataset
 from udet_core.world.weights import reload_detector, weights_for
 
 
@@ -260,6 +261,9 @@ def _train(a) -> int:
         p = with_settings(get_profile(a.profile, seed=a.seed), a.set)
     except ValueError as e:
         raise DataError("--set", str(e)) from None
+    size, why = input_size(detector_class(a.detector), p, on_udet_mini=str(a.data) == EMBEDDED,
+                           set_by_user=any(item.partition("=")[0].strip() == "data.resolution" for item in a.set or ()))
+    p = dataclasses.replace(p, data=dataclasses.replace(p.data, resolution=size))
     run_dir, out = Path(a.run_dir or default_run_dir(a.profile)), Path(a.out)
     if out.exists() and not out.is_dir():
         raise DataError("--out", f"{out} is a file; give a folder for the checkpoint")
@@ -277,13 +281,7 @@ def _train(a) -> int:
     det.config()   # resolves and checks the backbone before any data is read
     ds = open_dataset(a.data, size=p.data.resolution, policy=a.policy, p=p, run_dir=run_dir)
     where = ds.description["spec"]
-    if a.val_fraction:
-        ds.manifest = split_validation(ds.manifest, a.val_fraction, a.seed)
-    check_split(ds.manifest, "train", where)
-    if not (ds.manifest["split"] == "val").any():
-        raise DataError(where, "has no 'val' split to calibrate the threshold on: pass --val-fraction F to carve one "
-                               "from train (never from test)")
-    check_split(ds.manifest, "val", where)
+    ds.manifest = prepare_splits(ds.manifest, where, a.val_fraction, a.seed)
     train, val = ds.subset("train"), ds.subset("val")
     settings = {"detector": a.detector, "profile": config_dict(p), "seed": a.seed, "data": str(where),
                 "policy": a.policy, "val_fraction": a.val_fraction, "rows": _rows_key(ds.manifest),
@@ -294,8 +292,10 @@ def _train(a) -> int:
         print(f"{out} already holds this {a.detector} checkpoint, trained with these settings (--force retrains it)")
         return 0
     _check_readable_classes(val, where, a.workers)   # before training: its threshold is calibrated on these
-    print(f"training {a.detector} at {p.data.resolution} px (policy {a.policy}) on {len(train)} train rows, "
-          f"threshold from {len(val)} validation rows -> {out}")
+    steps = getattr(det.cfg, "steps", None) or getattr(getattr(det.cfg, "classifier", None), "steps", None)
+    print(f"training {a.detector} at {p.data.resolution} px ({why}), policy {a.policy}, "
+          f"{f'{steps} steps, ' if steps else ''}on {len(train)} train rows, threshold from {len(val)} validation rows "
+          f"-> {out}")
     det = fit_detector(det, train, val, seed=a.seed, out=out, progress=True, workers=a.workers,
                        extra={"data": ds.provenance(), "n_train": len(train), "n_val": len(val)})
     if not _main_process():

@@ -16,6 +16,10 @@ from dataclasses import dataclass, field, replace
 class DataConfig:
     """The embedded benchmark udet-mini: real crops of bundled photographs, split by source photo."""
     resolution: int = 32
+    # the input size of a detector trained on other data than udet-mini (`train --data`): "published" = the size its
+    # paper / official code uses (`Detector.published_size`), "profile" = `resolution` (the tiny profile: fast tests);
+    # `--set data.resolution=N` overrides either
+    foreign_resolution: str = "published"
     # crop side as a fraction of the photo's shorter side (multi-scale crops)
     crop_scales: tuple[float, ...] = (0.12, 0.25, 0.5, 1.0)
     n_real: dict = field(default_factory=lambda: {"train": 192, "val": 64, "test": 96})
@@ -322,7 +326,7 @@ class Profile:
 def _tiny() -> Profile:
     return Profile(
         name="tiny", zoo=False,
-        data=DataConfig(resolution=16, n_real={"train": 32, "val": 16, "test": 16}, generator_pool=64,
+        data=DataConfig(resolution=16, foreign_resolution="profile", n_real={"train": 32, "val": 16, "test": 16}, generator_pool=64,
                         pretrain_pool=256),
         vae=VAEConfig(block_out_channels=(8, 16), norm_num_groups=8, steps=4, batch_size=8),
         sdiv=ImageVariationConfig(unet_block_out_channels=(16, 32), attention_head_dim=4, clip_hidden_size=16,

@@ -120,6 +120,20 @@ def check_split(df: pd.DataFrame, split: str, where) -> pd.DataFrame:
     return rows
 
 
+def prepare_splits(df: pd.DataFrame, where, val_fraction: float | None = None, seed: int = 0,
+                   splits=("train", "val")) -> pd.DataFrame:
+    """The manifest a detector is trained / evaluated on: a `val` split carved from train when `val_fraction` is
+    given (`split_validation`), then each of `splits` checked to hold reals and fakes (`DataError` naming `where`)."""
+    if val_fraction:
+        df = split_validation(df, val_fraction, seed)
+    for split in splits:
+        if split == "val" and not (df["split"] == "val").any():
+            raise DataError(where, "has no 'val' split to calibrate thresholds on: carve one from train with "
+                                   "--val-fraction F (the notebooks' parameter val_fraction; never from test)")
+        check_split(df, split, where)
+    return df
+
+
 def split_validation(df: pd.DataFrame, fraction: float, seed: int = 0) -> pd.DataFrame:
     """Carve a `val` split from `train` (never from `test`): within every (label, generator) stratum, a share
     `fraction` of its source groups (rows with the same non-empty `source` stay together; else single rows)."""
@@ -249,6 +263,13 @@ class RowExamples(torch.utils.data.Dataset):
         if item["image"] is None:
             return {"problem": item["problem"]}
         return (item["image"], *(c[v] for c in self.columns))
+
+
+def first_per_class(labels, n: int) -> np.ndarray:
+    """Row indices of the first `n` rows of each class, reals first: a fixed class-balanced subset of a training set
+    (the learning curves' training points)."""
+    labels = np.asarray(labels)
+    return np.concatenate([np.flatnonzero(labels == c)[:n] for c in (REAL, FAKE)])
 
 
 def pixels(example: tuple, rng=None, size: int | None = None) -> tuple:

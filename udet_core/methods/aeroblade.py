@@ -38,6 +38,9 @@ def aeroblade_score(vaes, lpips_distance, x: torch.Tensor, layer: int) -> torch.
 @register("aeroblade")
 class Aeroblade(Detector):
     """Training-free: the only fitted quantity is the decision threshold (calibrated on validation data)."""
+
+    config_section = "aeroblade"
+    published_size = 512   # Stable Diffusion 1.x images at their generated 512 px (AEROBLADE, Ricker et al. 2024)
     trains = False
 
     takes_backbone = "AutoencoderKL folders (or pipeline folders with a vae/ subfolder), one or more"
@@ -45,7 +48,7 @@ class Aeroblade(Detector):
 
     def __init__(self, p, run_dir, backbone=None, weights=None):
         super().__init__(p, run_dir, backbone, weights)
-        self.cfg, self._vaes = p.aeroblade, None
+        self._vaes = None
         self.lpips = LPIPSDistance("vgg")
 
     def config(self):

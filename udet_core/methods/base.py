@@ -31,7 +31,13 @@ import pandas as pd
 from udet_core.core.errors import DataError
 from udet_core.core.io import atomic_write_bytes, atomic_write_json, checkpoint_meta
 from udet_core.core.keys import Artifact, array_key
-from udet_core.core.profiles import Profile, config_dict, from_config_dict, get_profile
+from udet_core.core.profiles import (
+    PROFILES,
+    Profile,
+    config_dict,
+    from_config_dict,
+    get_profile,
+)
 from udet_core.core.progress import tqdm
 from udet_core.core.provenance import PeakRSS
 from udet_core.data.dataset import ArrayDataset
@@ -77,6 +83,8 @@ class Detector:
     takes_backbone = ""  # what `backbone` (CLI --backbone) names for this detector; "" = it takes none
     needs_explanations = False   # trains on the manifest's reference explanations (UniGenDet)
     weights_needed: tuple[str, ...] = ()   # the `Weights` fields it reads when no backbone is given
+    config_section = ""   # the profile field holding its settings (`self.cfg`); a checkpoint records only that one
+    published_size: int | None = None   # the input side its paper / official code uses (`input_size` on foreign data)
 
     def __init__(self, p, run_dir, backbone=None, weights: Weights | None = None):
         """`backbone`: a path (or, for detectors built on several, a list of paths) replacing the default backbone
@@ -84,6 +92,7 @@ class Detector:
         if backbone and not self.takes_backbone:
             raise DataError(backbone if isinstance(backbone, str) else backbone[0], f"{self.name} takes no backbone")
         self.p, self.run_dir, self.backbone = p, Path(run_dir), backbone
+        self.cfg = getattr(p, self.config_section) if self.config_section else None
         self.weights = weights or Weights()
         self.bad_files: list[dict] = []   # {"path", "problem"} of the files fit and calibration skipped
 
@@ -148,6 +157,17 @@ class Detector:
     @classmethod
     def load(cls, folder: Path, p, run_dir) -> "Detector":
         return cls(p, run_dir)
+
+
+def input_size(cls: type, p, on_udet_mini: bool, set_by_user: bool) -> tuple[int, str]:
+    """(input side in pixels, why) a detector `cls` trains at: the profile's `data.resolution` on udet-mini or when
+    `--set data.resolution` gave it; on other data its published size (`Detector.published_size`) unless the profile
+    says `data.foreign_resolution = "profile"`."""
+    if on_udet_mini or set_by_user:
+        return p.data.resolution, "udet-mini's resolution" if on_udet_mini else "set by --set data.resolution"
+    if p.data.foreign_resolution == "published" and cls.published_size:
+        return cls.published_size, f"{cls.name}'s published input size; --set data.resolution=N to change it"
+    return p.data.resolution, f"profile {p.name}'s data.resolution"
 
 
 def register(name: str):
@@ -246,7 +266,7 @@ def fit_detector(det: Detector, train, val, *, seed: int, out, progress: bool = 
                  extra: dict | None = None) -> Detector:
     """Fit `det` on the data set `train` (training checkpoints in `out`, so a rerun resumes), calibrate its
     threshold on the data set `val`, and save it into `out` as a checkpoint `load_detector` reads: the detector's
-    files + detector.json (name, threshold, seed, the whole profile, config, backbone, `extra`)."""
+    files + detector.json (name, threshold, seed, `checkpoint_settings`, config, backbone, `extra`)."""
     from accelerate import PartialState
 
     out = Path(out)
@@ -260,12 +280,35 @@ def fit_detector(det: Detector, train, val, *, seed: int, out, progress: bool = 
         det.save(out)
         atomic_write_json(out / "detector.json", {
             "name": det.name, "threshold": det.threshold, "seed": seed, "fit_s": det.fit_s, "info": info,
-            "profile": config_dict(det.p), "config": _jsonable(det.config()), "backbone": det.backbone,
+            "settings": checkpoint_settings(det), "config": _jsonable(det.config()), "backbone": det.backbone,
             "weights": dataclasses.asdict(det.weights),
             "run_dir": str(det.run_dir.resolve()), "bad_files": list({b["path"]: b for b in det.bad_files}.values()),
             **(extra or {})})
     det.folder = out
     return det
+
+
+def checkpoint_settings(det: Detector) -> dict:
+    """What a checkpoint records of the profile it was trained under: the profile's name (its stand-in weights), the
+    input size, and the detector's own settings (`config_section`), not the whole profile."""
+    section = det.config_section
+    return {"profile": det.p.name, "resolution": det.p.data.resolution,
+            **({section: config_dict(det.cfg)} if section else {})}
+
+
+def checkpoint_profile(meta: dict, cls: type) -> Profile:
+    """The profile a detector reloads with: the named profile (else `default`) with the checkpoint's input size and
+    the detector's recorded settings (`checkpoint_settings`); a checkpoint written before those records keeps its
+    whole profile under `profile`. `TypeError` / `ValueError` when the record does not fit this code version."""
+    if "settings" not in meta:
+        return from_config_dict(Profile, meta["profile"]) if meta.get("profile") else get_profile("default")
+    s = meta["settings"]
+    p = get_profile(s["profile"] if s.get("profile") in PROFILES else "default")
+    p = dataclasses.replace(p, data=dataclasses.replace(p.data, resolution=int(s["resolution"])))
+    if cls.config_section:
+        own = getattr(p, cls.config_section)
+        p = dataclasses.replace(p, **{cls.config_section: from_config_dict(type(own), s[cls.config_section])})
+    return p
 
 
 def _jsonable(x):
@@ -295,9 +338,9 @@ def load_detector(folder, run_dir=None, p=None, weights: Weights | None = None) 
         raise DataError(folder / "detector.json", f"threshold {t!r} is outside [0, 1], but {cls.name} scores are "
                                                   "probabilities: the checkpoint is damaged; retrain it")
     try:
-        p = p or (from_config_dict(Profile, meta["profile"]) if meta.get("profile") else get_profile("default"))
-    except (TypeError, ValueError) as e:
-        raise DataError(folder, f"its recorded profile does not fit this code version ({e})") from None
+        p = p or checkpoint_profile(meta, cls)
+    except (TypeError, ValueError, KeyError) as e:
+        raise DataError(folder, f"its recorded settings do not fit this code version ({e!r})") from None
     recorded = meta.get("run_dir")   # its caches; a run directory moved or deleted since is never re-created
     run_dir = run_dir or (recorded if recorded and Path(recorded).is_dir() else folder)
     det = cls.load(folder, p, run_dir)

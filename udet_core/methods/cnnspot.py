@@ -108,9 +108,12 @@ def load_classifier(folder, widths) -> SmallResNet:
 class CNNSpot(Detector):
     """ResNet on pixels, Blur+JPEG augmentation (CNNSpot-style; small ResNet for the profile's resolution)."""
 
+    config_section = "cnnspot"
+    published_size = 224   # its 224 px training crops (Wang et al. 2020)
+
     def __init__(self, p, run_dir, backbone=None, weights=None):
         super().__init__(p, run_dir, backbone, weights)
-        self.cfg, self.net = p.cnnspot, None
+        self.net = None
 
     def config(self):
         return self.cfg

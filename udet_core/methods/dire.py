@@ -17,7 +17,6 @@ from udet_core.core.io import atomic_write_bytes
 from udet_core.core.keys import array_key, content_key
 from udet_core.core.profiles import config_hash
 from udet_core.core.progress import tqdm
-from udet_core.data.dataset import ArrayDataset
 from udet_core.data.images import to_tensor
 from udet_core.methods.base import Detector, register
 from udet_core.methods.cnnspot import (
@@ -57,12 +56,15 @@ class StoredDire(torch.utils.data.Dataset):
 class Dire(Detector):
     """DDIM reconstruction error + ResNet. Reconstructions are cached per image content (shared by seeds)."""
 
+    config_section = "dire"
+    published_size = 256   # ADM at 256 px on DiffusionForensics (DIRE, Wang et al. 2023)
+
     takes_backbone = "a diffusers image-variation pipeline folder (DDIM inversion + reconstruction)"
     weights_needed = ("image_variation",)
 
     def __init__(self, p, run_dir, backbone=None, weights=None):
         super().__init__(p, run_dir, backbone, weights)
-        self.cfg, self.net, self._diffusion = p.dire, None, None
+        self.net, self._diffusion = None, None
 
     def config(self):
         return {"dire": asdict(self.cfg), "backbone": content_key(self.single_backbone())}
@@ -113,17 +115,11 @@ class Dire(Detector):
         return StoredDire(path, np.asarray(rows), ds.manifest["label"].to_numpy())
 
     def fit(self, train, *, seed, out_dir, progress=False, val=None, workers=0):
-        labels = train.manifest["label"].to_numpy()
-        if isinstance(train, ArrayDataset):   # in memory (the notebooks): one reconstruction cache per array
-            examples = torch.utils.data.TensorDataset(torch.from_numpy(self.dire_images(train.images, progress)),
-                                                      torch.tensor(labels))
-        else:
-            examples = self.stored_dire_images(train, Path(out_dir) / "dire-train.npy", progress, workers)
-            labels = labels[examples.rows]
+        examples = self.stored_dire_images(train, Path(out_dir) / "dire-train.npy", progress, workers)
+        labels = train.manifest["label"].to_numpy()[examples.rows]
         self.net, history = train_classifier(examples, labels, self.cfg.classifier, seed=seed, out_dir=out_dir,
                                              progress=progress, desc="DIRE classifier", num_workers=workers)
-        if isinstance(examples, StoredDire):
-            examples.path.unlink()   # remade from the per-batch reconstruction caches if a rerun needs it
+        examples.path.unlink()   # remade from the per-batch reconstruction caches if a rerun needs it
         return {"final_bce": history[-1]["bce"] if history else None, "bce_per_step": [h["bce"] for h in history]}
 
     def score(self, images, *, progress=False):

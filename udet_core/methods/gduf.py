@@ -23,7 +23,7 @@ from udet_core.core.keys import array_key, content_key
 from udet_core.core.profiles import GdufConfig, UnifiedConfig
 from udet_core.core.progress import tqdm
 from udet_core.core.provenance import PeakRSS
-from udet_core.data.dataset import ArrayDataset, RowExamples, pixels
+from udet_core.data.dataset import RowExamples, first_per_class, pixels
 from udet_core.data.explain import MECHANISM, explain, reference_stats
 from udet_core.data.images import to_tensor, to_uint8
 from udet_core.engine.losses import (
@@ -45,6 +45,8 @@ from udet_core.models.unified import (
     build_tokenizer,
     resolve,
 )
+
+LATENT_BATCH = 256   # images per VAE encoding of the clean latents
 
 
 def gduf_config_from_dict(d: dict) -> GdufConfig:
@@ -127,7 +129,7 @@ class UniGenDet:
         return _pad([self.ids(c) or [self.tokenizer.eos_token_id] for c in captions], self.pad_id, left=True)
 
     @torch.no_grad()
-    def latents(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    def latents(self, x: torch.Tensor, batch_size: int = LATENT_BATCH) -> torch.Tensor:
         """Clean VAE latents (posterior mode x scaling factor) of [-1, 1] images."""
         sf = self.vae.config.scaling_factor
         return torch.cat([self.vae.encode(b).latent_dist.mode() * sf for b in x.split(batch_size)])
@@ -155,15 +157,16 @@ class UniGenDet:
                                                   torch.ones(n_gen, dtype=torch.long)])
 
     def training_examples(self, ds, seed: int, workers: int = 0, progress: bool = False):
-        """`training_tensors` of a data set read from disk, as a data set of examples (`data.dataset.RowExamples`,
-        images turned into pixels at the ViT size by the `transform` `training_transform`): the
-        clean latents of every row are computed batch by batch through DataLoader workers and held (4 channels at
+        """`training_tensors` of a data set (read from disk, or `ArrayDataset` in memory: one path for both), as a
+        data set of examples (`data.dataset.RowExamples`, images turned into pixels at the ViT size by the `transform`
+        `training_transform`): the clean latents of every row are computed `LATENT_BATCH` rows at a time (the batches
+        of `latents`, so the same numbers as `training_tensors`) through DataLoader workers and held (4 channels at
         1/8 of the side); the images are read back by the workers while training. Returns (examples, the
         (path, problem) of files that could not be read: their examples are left out)."""
         df = ds.manifest
         y = torch.tensor(df["label"].to_numpy(), dtype=torch.long)
         z, ok, problems = None, torch.zeros(len(ds), dtype=torch.bool), []
-        for b in tqdm(ds.loader(self.cfg.eval_batch_size, workers), desc="UniGenDet latents", disable=not progress):
+        for b in tqdm(ds.loader(LATENT_BATCH, workers), desc="UniGenDet latents", disable=not progress):
             problems += b.problems
             if len(b.index):
                 zb = self.latents(self._pixels(b.images.numpy()))
@@ -484,9 +487,12 @@ class UniGenDetDetector(Detector):
     """UniGenDet (GDUF stage) in the common protocol: trained on the given rows with their explanations and
     captions; the detection head's P(fake) is the score. The saved folder is a complete UniGenDet checkpoint."""
 
+    config_section = "gduf"
+    published_size = 224   # the smallest SigLIP input of its detection patching (paper, supp.: min 224)
+
     def __init__(self, p, run_dir, backbone=None, weights=None):
         super().__init__(p, run_dir, backbone, weights)
-        self.cfg, self.model, self.history = p.gduf, None, []
+        self.model, self.history = None, []
 
     needs_explanations = True
     weights_needed = ("unified", "vae")   # fine-tunes `unified` when handed one; else builds on `vae` from scratch
@@ -506,11 +512,8 @@ class UniGenDetDetector(Detector):
         val_images, val_df, problems = val.load(progress=progress, num_workers=workers) if val is not None else (None, None, [])
         self.bad_files += [{"path": str(q), "problem": why} for q, why in problems]
         with PeakRSS() as mem:
-            if isinstance(train, ArrayDataset):   # in memory (the notebooks)
-                data = self.model.training_tensors(train.images, df, seed)
-            else:
-                data, problems = self.model.training_examples(train, seed, workers, progress)
-                self.bad_files += [{"path": str(q), "problem": why} for q, why in problems]
+            data, problems = self.model.training_examples(train, seed, workers, progress)
+            self.bad_files += [{"path": str(q), "problem": why} for q, why in problems]
             self.history = self.model.train(data, seed=seed, out_dir=out_dir, progress=progress, workers=workers,
                                             val=None if val is None else (val_images, val_df["label"].to_numpy()),
                                             probe=training_probe(train, workers))
@@ -571,9 +574,7 @@ GDUF_PROBE_PER_CLASS = 32   # training images per class on which the learning cu
 def training_probe(train, workers: int = 0):
     """(uint8 images, labels) of a fixed class-balanced subset of the training rows (the first of each class)."""
     y = train.manifest["label"].to_numpy()
-    keep = np.concatenate([np.flatnonzero(y == c)[:GDUF_PROBE_PER_CLASS] for c in (0, 1)])
-    if isinstance(train, ArrayDataset):
-        return train.images[keep], y[keep]
+    keep = first_per_class(y, GDUF_PROBE_PER_CLASS)
     images, index = [], []
     for b in train.loader(64, workers, rows=keep):
         images.append(b.images.numpy()), index.append(b.index.numpy())

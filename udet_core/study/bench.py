@@ -8,11 +8,12 @@ import numpy as np
 import torch
 
 from udet_core.core.provenance import PeakRSS
-from udet_core.data.dataset import ImageDataset
+from udet_core.data.dataset import ArrayDataset, ImageDataset
 from udet_core.engine.distances import distance_label
 from udet_core.engine.metrics import summary
+from udet_core.methods import craft
 from udet_core.methods.base import score_dataset
-from udet_core.methods.craft import FAST_MODE, Craft, split_tensors, train
+from udet_core.methods.craft import FAST_MODE, Craft, split_tensors
 
 
 def _timeit(fn, repeat: int = 2) -> float:
@@ -87,15 +88,14 @@ def craft_distance(wb, names=("mse", "lpips-vgg", "vae-features"), steps: int = 
     and training time. (How the offline default distance was chosen; ImageNet LPIPS weights are not available.)"""
     from sklearn.metrics import roc_auc_score
 
-    x, y = split_tensors(wb.images, wb.df, "train")
+    train = (wb.df["split"] == "train").to_numpy()
     xv, yv = split_tensors(wb.images, wb.df, "val")
     rows = []
     for name in names:
         torch.manual_seed(seed)
         model = Craft.from_backbone(_backbone(wb), replace(wb.p.craft, distance=name, steps=steps))
-        model.fit_center(x[y == 0])
         t0 = time.perf_counter()
-        hist = train(model, x, y, seed=seed, progress=True)
+        hist = craft.fit(model, ArrayDataset(wb.images[train], wb.df[train]), seed=seed, progress=True).history
         wall = time.perf_counter() - t0
         scores = model.eval().score(xv)
         s, d = scores.p_fake, scores.distance

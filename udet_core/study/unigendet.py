@@ -36,7 +36,12 @@ from udet_core.methods.gduf import (
     without_generation,
 )
 from udet_core.models.featnet import INCEPTION_FILE, load_featnet, save_featnet
-from udet_core.study.evaluation import Evaluation, focus_subset, ordering_claim, summary_subsets
+from udet_core.study.evaluation import (
+    Evaluation,
+    focus_subset,
+    ordering_claim,
+    summary_subsets,
+)
 from udet_core.world import zoo
 from udet_core.world.benchmark import method_artifact
 from udet_core.world.trainers import train_featnet

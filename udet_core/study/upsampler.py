@@ -21,12 +21,14 @@ from torch import nn
 from udet_core.core.io import atomic_write_json, atomic_write_text
 from udet_core.core.keys import content_key
 from udet_core.core.provenance import Timer
+from udet_core.data.dataset import ArrayDataset
 from udet_core.data.images import to_uint8
 from udet_core.data.properties import log_spectrum, periodic_peak_score
 from udet_core.engine.distances import resolved_name
 from udet_core.engine.metrics import psnr
 from udet_core.engine.train import Objective, fit
-from udet_core.methods.craft import Craft, fit_craft, prefix_cache, split_tensors
+from udet_core.methods import craft
+from udet_core.methods.craft import Craft, prefix_cache, split_tensors
 from udet_core.models.backbones import load_image_variation
 from udet_core.models.sampling import vae_roundtrip
 from udet_core.world.benchmark import method_artifact
@@ -99,8 +101,8 @@ def craft_reconstructions(p, base, images: np.ndarray, df, tuned=None, out_dir=N
         tuned = Craft(base, cfg)
         train, val = (df["split"] == "train").to_numpy(), (df["split"] == "val").to_numpy()
         # cache_dir=None: no centre or prefix latents are shared between the two decoders
-        history = fit_craft(tuned, images[train], df[train], seed=p.seed, out_dir=out_dir, cache_dir=None,
-                            progress=progress, val=(images[val], df["label"].to_numpy()[val]))
+        history = craft.fit(tuned, ArrayDataset(images[train], df[train]), seed=p.seed, out_dir=out_dir, cache_dir=None,
+                            progress=progress, val=(images[val], df["label"].to_numpy()[val])).history
     models = {"tuned": tuned, "frozen": Craft(base, cfg, mu=tuned.mu)}   # the frozen one keeps the base weights
     models["frozen"].mu_fast = tuned.mu_fast
     x, _ = split_tensors(images, df, "test")

@@ -329,3 +329,18 @@ def craft_convergence(history: list[dict], title: str | None = None, smooth: int
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def seed_bars(long, x: str, bars: str, value: str, ax, order=None, **bar_kw):
+    """Bars of `value`'s mean over seeds for every (`x`, `bars`) pair of a long table (one row per seed), the seeds'
+    standard deviation as error bars (0 with one seed): `x` categories along the axis (`order`, default as they first
+    appear), one bar per `bars` category. Returns the (mean, std) frames that were drawn."""
+    import pandas as pd
+
+    g = long.groupby([x, bars], sort=False)[value]
+    index, columns = list(order if order is not None else pd.unique(long[x])), list(pd.unique(long[bars]))
+    mean = g.mean().unstack(bars).reindex(index=index, columns=columns)
+    std = g.std(ddof=1).unstack(bars).reindex(index=index, columns=columns).fillna(0)
+    mean.plot.bar(yerr=std, ax=ax, capsize=2, **bar_kw)
+    ax.set_xlabel("")
+    return mean, std

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from udet_core.core.errors import DataError
 from udet_core.core.io import write_table
 from udet_core.core.paths import default_figures_dir, default_profile, default_run_dir
 from udet_core.core.profiles import get_profile
 from udet_core.core.provenance import Timer, provenance
-from udet_core.data.dataset import check_split, split_validation
+from udet_core.data.dataset import prepare_splits
+from udet_core.data.manifest import SPLITS
 from udet_core.data.sources import content_domain
 from udet_core.methods.base import detector_class, fitted
 from udet_core.study.viz import save_figure
@@ -129,7 +129,7 @@ def open_workbench(profile: str | None = None, *, data=EMBEDDED, backbone=None, 
                    val_fraction: float | None = None, rebuild: bool = False) -> Workbench:
     """The workbench of a profile on a data-set spec (`data.dataset`: udet-mini, a manifest CSV, a FakeClue JSON, or
     a DiffusionForensics / GenImage / `0_real/1_fake` folder), loaded at the profile's input size under `policy`.
-    A data set without a `val` split needs `val_fraction` (carved from train by `data.dataset.split_validation`,
+    A data set without a `val` split needs `val_fraction` (carved from train by `data.dataset.prepare_splits`,
     never from test). Files that cannot be read are reported and skipped (recorded in `wb.data["bad_files"]`).
     `rebuild`: build udet-mini again even if a finished one exists. Outputs go to `runner.default_run_dir` and
     `runner.default_figures_dir` of the profile and data unless given."""
@@ -141,15 +141,9 @@ def open_workbench(profile: str | None = None, *, data=EMBEDDED, backbone=None, 
         if str(data) == EMBEDDED:
             readme = {"readme": str(build_benchmark(p, run_dir, progress=progress, force=rebuild).root / "README.md")}
         ds = open_dataset(data, size=p.data.resolution, policy=policy, p=p, run_dir=run_dir)
-        if val_fraction:
-            ds.manifest = split_validation(ds.manifest, val_fraction, seed)
+        ds.manifest = prepare_splits(ds.manifest, ds.description["spec"], val_fraction, seed, SPLITS)
         images, df, problems = ds.load(progress=progress)
-    where = ds.description["spec"]
-    for split in ("train", "val", "test"):
-        if split == "val" and not (df["split"] == "val").any():
-            raise DataError(where, "has no 'val' split to calibrate thresholds on: set val_fraction (notebook "
-                                   "parameter / reproduce --val-fraction) to carve one from train (never from test)")
-        check_split(df, split, where)
+    prepare_splits(df, ds.description["spec"], splits=SPLITS)   # the rows that loaded still hold both classes
     # the content domain of each image: udet-mini's photo sources; elsewhere the manifest's domain (e.g. imagenet)
     content = [content_domain(s) for s in df["source"]] if str(data) == EMBEDDED else df["domain"].where(df["domain"] != "", None)
     bad = [{"path": str(q), "problem": why} for q, why in problems]

@@ -8,8 +8,15 @@ from pathlib import Path
 
 from udet_core.core.errors import DataError
 from udet_core.core.io import checkpoint_meta
-from udet_core.core.profiles import Profile, from_config_dict
-from udet_core.methods.base import WEIGHT_NAMES, Detector, Weights, load_detector
+from udet_core.core.profiles import Profile
+from udet_core.methods.base import (
+    WEIGHT_NAMES,
+    Detector,
+    Weights,
+    checkpoint_profile,
+    detector_class,
+    load_detector,
+)
 from udet_core.methods.gduf import UniGenDet
 from udet_core.world import zoo
 from udet_core.world.benchmark import build_benchmark, train_generators
@@ -55,8 +62,8 @@ def reload_detector(folder) -> Detector:
     try:
         meta = checkpoint_meta(folder, "detector.json", "detector")
         recorded = Weights(**(meta.get("weights") or {}))
-        p = from_config_dict(Profile, meta["profile"])
-    except (DataError, TypeError, KeyError):   # (DataError is a ValueError)
+        p = checkpoint_profile(meta, detector_class(meta.get("name")))
+    except (ValueError, TypeError, KeyError):   # (DataError is a ValueError)
         return load_detector(folder)   # it reports what is wrong with the checkpoint
     gone = [f.name for f in dataclasses.fields(recorded)
             if getattr(recorded, f.name) and not Path(getattr(recorded, f.name)).exists()]
