@@ -488,17 +488,17 @@ def _evaluate(a) -> int:
     for folder in a.checkpoint:   # every checkpoint is checked before the first image is scored
         reload_detector(folder)
     with PeakRSS() as mem, timer("evaluate"):
-        comp, fam, scores, runs = evaluate_checkpoints(a.checkpoint, lambda det: _dataset_for(det, a.data, a.policy),
-                                                       batch_size=a.batch_size, num_workers=a.workers, progress=True)
+        e = evaluate_checkpoints(a.checkpoint, lambda det: _dataset_for(det, a.data, a.policy),
+                                 batch_size=a.batch_size, num_workers=a.workers, progress=True)
     if not _main_process():   # under accelerate launch / torchrun every process holds the gathered scores
         return 0
-    prov = provenance(None, None, timer.timings, data=a.data, checkpoints=runs, peak_rss_mb=round(mem.peak_mb))
-    write_table(comp, out / "comparison", prov)
-    write_table(fam, out / "per_family", prov)
-    scores.to_csv(out / "scores.csv", index=False)
+    prov = provenance(None, None, timer.timings, data=a.data, checkpoints=e.runs, peak_rss_mb=round(mem.peak_mb))
+    write_table(e.comparison, out / "comparison", prov)
+    write_table(e.per_family, out / "per_family", prov)
+    e.scores.to_csv(out / "scores.csv", index=False)
     atomic_write_json(out / "provenance.json", prov)
-    print(comp.round(3).to_string(index=False))
-    for r in runs:
+    print(e.comparison.round(3).to_string(index=False))
+    for r in e.runs:
         print(f"{r['detector']}: {r['n_scored']} test images scored, {r['images_per_s']} images/s, "
               f"{len(r['bad_files'])} bad file(s)")
         _report_bad([(b["path"], b["problem"]) for b in r["bad_files"]])

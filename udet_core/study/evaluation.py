@@ -351,13 +351,22 @@ def format_bias(wb, detectors=None, seeds=None) -> Evaluation:
     return Evaluation(mean_std_table(long, ["detector"], metrics), long)
 
 
+@dataclass
+class CheckpointEvaluation:
+    """What `evaluate_checkpoints` measures: one row per detector x summary subset (`comparison`), per detector x fake
+    family (`per_family`), per detector x test image (`scores`, NaN = bad file), and per detector its checkpoint, data
+    provenance, images/s and bad files (`runs`)."""
+    comparison: pd.DataFrame
+    per_family: pd.DataFrame
+    scores: pd.DataFrame
+    runs: list[dict]
+
+
 def evaluate_checkpoints(checkpoints, dataset_for, *, batch_size: int = 64, num_workers: int = 0,
-                         progress: bool = False):
+                         progress: bool = False) -> CheckpointEvaluation:
     """Already-trained checkpoints (`methods.base.load_detector`) on the `test` split of a lazy data set, streamed:
     `dataset_for(detector)` gives the `ImageDataset` at that detector's input size. Each detector keeps the threshold
-    calibrated on validation data when it was trained. Returns (comparison: one row per detector x summary subset,
-    per_family: one row per detector x fake family, scores: one row per detector x test image (NaN = bad file),
-    runs: per detector its checkpoint, data provenance, images/s and bad files)."""
+    calibrated on validation data when it was trained."""
     import time
 
     rows, fams, scores, runs = [], [], [], []
@@ -388,4 +397,5 @@ def evaluate_checkpoints(checkpoints, dataset_for, *, batch_size: int = 64, num_
                      "data": ds.provenance(), "n_scored": int(ok.sum()), "wall_s": round(wall, 2),
                      "images_per_s": round(len(ds) / max(wall, 1e-9), 2),
                      "bad_files": [{"path": p, "problem": why} for p, why in problems]})
-    return (pd.DataFrame(rows), pd.concat(fams, ignore_index=True), pd.concat(scores, ignore_index=True), runs)
+    return CheckpointEvaluation(pd.DataFrame(rows), pd.concat(fams, ignore_index=True),
+                                pd.concat(scores, ignore_index=True), runs)
