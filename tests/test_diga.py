@@ -98,6 +98,17 @@ def test_generation_metrics_by_hand():
     assert judged_real_share([0.1, 0.9, 0.4, 0.6], threshold=0.5) == 0.5
 
 
+def test_wilson_interval_matches_values_worked_by_hand():
+    """95 % Wilson score intervals worked by hand from the formula (z = 1.96): 5/10 -> 0.2366-0.7634 (p = 0.5: centre
+    0.5, half-width 1.96 sqrt(0.025 + 0.0096) / 1.384), 0/10 -> 0-0.2775 (3.842 / 13.842); given to 4 digits,
+    hence abs=1e-4."""
+    from udet_core.engine.metrics import wilson_interval
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    lo, hi = wilson_interval(128, 128)
+    assert hi == pytest.approx(1.0) and 0.97 < lo < 1.0
+
+
 def test_diga_runs_are_cached_and_measured(tiny_wb, tiny):
     from udet_core.study.unigendet import fitted_diga, generation_metrics
     student, history = fitted_diga(tiny_wb, seed=0)

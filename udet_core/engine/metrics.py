@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 
 import numpy as np
@@ -155,6 +156,16 @@ def intra_prompt_diversity(groups, distance) -> float:
 def judged_real_share(scores, threshold: float) -> float:
     """Detector-judged realism: the share of generated images a frozen detector scores as real (below threshold)."""
     return float((np.asarray(scores, dtype=float) < threshold).mean())
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion k / n (95 % at z = 1.96; Wilson 1927): never outside [0, 1],
+    sensible at k = 0 or n."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p, z2 = k / n, z * z
+    centre, half = (p + z2 / (2 * n)) / (1 + z2 / n), z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def psnr(x, y):

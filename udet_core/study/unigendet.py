@@ -26,6 +26,7 @@ from udet_core.engine.metrics import (
     judged_real_share,
     mean_std_table,
     summary,
+    wilson_interval,
 )
 from udet_core.methods.base import create_detector
 from udet_core.methods.diga import Diga
@@ -191,7 +192,7 @@ def generation_metrics(models: dict, wb, *, seed: int) -> tuple[pd.DataFrame, di
     generated from the captions of fresh random crops of the training photos (the distribution every stage learned;
     the crops are not in the manifest) and those crops, intra-prompt diversity over `per_prompt` samples of
     `n_prompts` of the captions, and the share of samples each frozen judge (registry detectors fitted with `seed`)
-    calls real. Returns (one row per stage, {"samples": {stage: images}, "reference": crops, "prompts", "info"})."""
+    calls real with its 95 % Wilson interval over the generated images. Returns (one row per stage, {"samples": {stage: images}, "reference": crops, "prompts", "info"})."""
     p, progress = wb.p, wb.progress
     g = p.geneval
     feat_name, features = feature_extractor(p, wb.run_dir, progress)
@@ -211,7 +212,10 @@ def generation_metrics(models: dict, wb, *, seed: int) -> tuple[pd.DataFrame, di
         row = {"stage": stage, "FID-style": frechet_distance(features(gen), real_feats),
                "diversity": intra_prompt_diversity(groups, lpips)}
         for name, det in judges.items():
-            row[f"judged real by {name}"] = judged_real_share(det.score(gen), det.threshold)
+            share = judged_real_share(det.score(gen), det.threshold)
+            lo, hi = wilson_interval(round(share * len(gen)), len(gen))   # binomial: n generated images
+            row.update({f"judged real by {name}": share, f"judged real by {name}, 95% low": lo,
+                        f"judged real by {name}, 95% high": hi})
         rows.append(row)
     info = {"features": feat_name, "feature_dim": real_feats.shape[1], "diversity_distance": lpips.name,
             "n_samples": g.n_samples,
