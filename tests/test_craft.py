@@ -270,9 +270,10 @@ def tiny_checkpoint(tiny_run, tiny, tiny_data):
 
 def test_craft_trained_from_disk_equals_the_in_memory_fit(tiny_run, tiny, tmp_path):
     """CRAFT trained from disk (images read by 2 DataLoader workers) and on the same rows in memory go through one
-    path (`methods.craft.fit`: the same batches through the same operations in this process), so the centre and the
-    per-step losses agree bit for bit. The scores agree to the last bits of float32 (observed: exact in a standalone
-    script, up to 3.5e-8 under pytest, i.e. one float32 ulp at 0.45; bound 1e-6)."""
+    path (`methods.craft.fit`: the same batches through the same operations), so the centre is the same and the
+    per-step losses and scores agree to float32 rounding: batches assembled in worker processes can round a few
+    last bits differently (observed: losses equal at the default threads, 2.4e-7 apart at OMP_NUM_THREADS=1, scores
+    3.5e-8 apart; bound 1e-5, about 80 float32 ulps at the losses' scale of 1)."""
     from udet_core.data.dataset import ArrayDataset, open_dataset, split_validation
     from udet_core.data.synthetic import synthetic_tree
     from udet_core.methods.base import fit_detector
@@ -289,8 +290,9 @@ def test_craft_trained_from_disk_equals_the_in_memory_fit(tiny_run, tiny, tmp_pa
                           out=tmp_path / "m")
     assert torch.equal(streamed.model.mu, memory.model.mu)
     losses = [[h["craft_loss"] for h in d.history if "craft_loss" in h] for d in (streamed, memory)]
-    assert len(losses[0]) > 0 and losses[0] == losses[1]
-    np.testing.assert_allclose(streamed.score(images[:8]), memory.score(images[:8]), atol=1e-6, rtol=0)
+    assert len(losses[0]) == len(losses[1]) > 0
+    np.testing.assert_allclose(*losses, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(streamed.score(images[:8]), memory.score(images[:8]), atol=1e-5, rtol=0)
 
 
 def test_a_fitted_craft_detector_ranks_test_images_exactly_as_their_distance(tiny_checkpoint, tiny_data):

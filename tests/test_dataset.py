@@ -305,10 +305,11 @@ def test_cnnspot_streams_its_training_and_two_processes_train_it_like_one(tmp_pa
 
 @pytest.mark.parametrize("name", ["cnnspot", "dire", "unigendet"])
 def test_training_from_disk_follows_the_in_memory_fit(name, tiny_wb, tiny, tmp_path):
-    """A detector trained on a data set read from disk by 2 DataLoader workers trains exactly as on the same rows in
-    memory: one data path for both (DIRE: its DIRE images made batch by batch and stored on disk; UniGenDet: its
-    latents computed in the batches of `latents`), the same batches through the same operations in this process, so
-    the same per-step losses and scores bit for bit. CRAFT: test_craft."""
+    """A detector trained on a data set read from disk by 2 DataLoader workers trains as on the same rows in memory:
+    one data path for both (DIRE: its DIRE images made batch by batch and stored on disk; UniGenDet: its latents
+    computed in the batches of `latents`), the same batches through the same operations, so the per-step losses and
+    scores agree to float32 rounding (equal in every run so far; batches assembled in worker processes may round a
+    few last bits differently, as CRAFT's did once: bound 1e-5, see test_craft). CRAFT: test_craft."""
     from udet_core.data.dataset import ArrayDataset
     from udet_core.methods.base import fit_detector
     manifest = tmp_path / "manifest.csv"
@@ -325,8 +326,8 @@ def test_training_from_disk_follows_the_in_memory_fit(name, tiny_wb, tiny, tmp_p
         losses = [json.loads((tmp_path / out / "detector.json").read_text())["info"]["bce_per_step"]
                   for out in ("disk", "memory")]
     assert len(losses[0]) == {"cnnspot": tiny.cnnspot, "dire": tiny.dire.classifier, "unigendet": tiny.gduf}[name].steps
-    assert losses[0] == losses[1]
-    np.testing.assert_array_equal(fits[0].score(images[:8]), fits[1].score(images[:8]))
+    np.testing.assert_allclose(*losses, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(fits[0].score(images[:8]), fits[1].score(images[:8]), atol=1e-5, rtol=0)
     assert not list((tmp_path / "disk").glob("*.npy"))            # DIRE's stored images are removed after training
 
 
