@@ -295,6 +295,26 @@ def test_craft_trained_from_disk_equals_the_in_memory_fit(tiny_run, tiny, tmp_pa
     np.testing.assert_allclose(streamed.score(images[:8]), memory.score(images[:8]), atol=1e-5, rtol=0)
 
 
+def test_a_checkpoint_reloads_with_its_own_settings_and_an_older_whole_profile_record_too(tiny_checkpoint, tiny,
+                                                                                          tmp_path):
+    """`load_detector` rebuilds the profile from the checkpoint's `settings` (profile name, input size, CRAFT's own
+    config); a checkpoint written before those records, with the whole profile under `profile`, still loads."""
+    import shutil
+
+    from udet_core.core.profiles import config_dict
+    from udet_core.methods.base import load_detector
+    det = load_detector(tiny_checkpoint)
+    assert det.p.name == "tiny" and det.p.craft == tiny.craft and det.p.data.resolution == tiny.data.resolution
+    old = tmp_path / "old"
+    shutil.copytree(tiny_checkpoint, old)
+    meta = json.loads((old / "detector.json").read_text())
+    meta.pop("settings")
+    meta["profile"] = config_dict(tiny)
+    (old / "detector.json").write_text(json.dumps(meta))
+    again = load_detector(old)
+    assert again.p == tiny and again.threshold == det.threshold
+
+
 def test_a_fitted_craft_detector_ranks_test_images_exactly_as_their_distance(tiny_checkpoint, tiny_data):
     """The detector of `train craft`: P(fake) orders the test images as d does (AUC equal: the classifier is strictly
     increasing in d and evaluated in float64), and its history audits every check from step 0, none inverted."""

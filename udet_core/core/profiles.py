@@ -326,8 +326,8 @@ class Profile:
 def _tiny() -> Profile:
     return Profile(
         name="tiny", zoo=False,
-        data=DataConfig(resolution=16, foreign_resolution="profile", n_real={"train": 32, "val": 16, "test": 16}, generator_pool=64,
-                        pretrain_pool=256),
+        data=DataConfig(resolution=16, foreign_resolution="profile", n_real={"train": 32, "val": 16, "test": 16},
+                        generator_pool=64, pretrain_pool=256),
         vae=VAEConfig(block_out_channels=(8, 16), norm_num_groups=8, steps=4, batch_size=8),
         sdiv=ImageVariationConfig(unet_block_out_channels=(16, 32), attention_head_dim=4, clip_hidden_size=16,
                                   clip_layers=1, clip_heads=2, projection_dim=16, num_train_timesteps=100,

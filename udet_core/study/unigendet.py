@@ -192,7 +192,8 @@ def generation_metrics(models: dict, wb, *, seed: int) -> tuple[pd.DataFrame, di
     generated from the captions of fresh random crops of the training photos (the distribution every stage learned;
     the crops are not in the manifest) and those crops, intra-prompt diversity over `per_prompt` samples of
     `n_prompts` of the captions, and the share of samples each frozen judge (registry detectors fitted with `seed`)
-    calls real with its 95 % Wilson interval over the generated images. Returns (one row per stage, {"samples": {stage: images}, "reference": crops, "prompts", "info"})."""
+    calls real with its 95 % Wilson interval over the generated images. Returns (one row per stage, {"samples":
+    {stage: images}, "reference": crops, "prompts", "info"})."""
     p, progress = wb.p, wb.progress
     g = p.geneval
     feat_name, features = feature_extractor(p, wb.run_dir, progress)
@@ -213,7 +214,7 @@ def generation_metrics(models: dict, wb, *, seed: int) -> tuple[pd.DataFrame, di
                "diversity": intra_prompt_diversity(groups, lpips)}
         for name, det in judges.items():
             share = judged_real_share(det.score(gen), det.threshold)
-            lo, hi = wilson_interval(round(share * len(gen)), len(gen))   # binomial: n generated images
+            lo, hi = wilson_interval(round(share * len(gen)), len(gen))   # share * n: the count, exactly
             row.update({f"judged real by {name}": share, f"judged real by {name}, 95% low": lo,
                         f"judged real by {name}, 95% high": hi})
         rows.append(row)

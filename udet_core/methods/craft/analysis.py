@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from udet_core.core.progress import tqdm
-from udet_core.methods.craft.model import Craft, perturb_latent
+from udet_core.methods.craft.model import Craft, frozen_steps, perturb_latent
 from udet_core.models.sampling import ddim_steps
 
 
@@ -18,8 +18,7 @@ def with_settings(model: Craft, lam: float | None = None, k: int | None = None) 
     (the fine-tuned UNet/encoder then run the last `k` steps). For exploration, not for reported results."""
     view = copy.copy(model)
     view.cfg = replace(model.cfg, lam=model.cfg.lam if lam is None else lam, k=model.cfg.k if k is None else k)
-    c = view.cfg
-    view.frozen_steps = c.n_steps - c.k if (c.train_encoder or c.train_unet) else c.n_steps
+    view.frozen_steps = frozen_steps(view.cfg)
     view.suffix = copy.copy(model.suffix)
     view.suffix.timesteps = model.timesteps[view.frozen_steps:]
     return view

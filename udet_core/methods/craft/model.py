@@ -62,6 +62,12 @@ def perturb_latent(z: torch.Tensor, mu: torch.Tensor, lam: float, tau: float, ep
     return zp * torch.clamp(tau / zn, max=1.0)
 
 
+def frozen_steps(cfg: CraftConfig) -> int:
+    """The sampling steps before the first trainable one, frozen and cacheable: n - k when the encoder or UNet trains
+    (they run the last k); all n when only the decoder trains (the cache then holds z_0 and training only decodes)."""
+    return cfg.n_steps - cfg.k if (cfg.train_encoder or cfg.train_unet) else cfg.n_steps
+
+
 class DistanceClassifier(nn.Module):
     """f_cls (eq. 7-8) on the scalar distance, monotone by construction: logit = softplus(a) (log d - b), 2 logits.
 
@@ -137,9 +143,7 @@ class Craft:
         # trainable copies only for the modules that train; the others are the frozen base modules
         base.scheduler.set_timesteps(cfg.n_steps)
         self.timesteps = base.scheduler.timesteps.clone()
-        # Steps before the first trainable one are frozen and cacheable: the last k when the encoder or UNet
-        # trains; all n when only the decoder trains (then the cache holds z_0 and training only decodes).
-        self.frozen_steps = cfg.n_steps - cfg.k if (cfg.train_encoder or cfg.train_unet) else cfg.n_steps
+        self.frozen_steps = frozen_steps(cfg)
         self.suffix = Suffix(copy.deepcopy(base.image_encoder) if cfg.train_encoder else base.image_encoder,
                              copy.deepcopy(base.unet) if cfg.train_unet else base.unet,
                              copy.deepcopy(base.vae) if cfg.train_decoder else base.vae,
