@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -163,3 +164,24 @@ def test_warmup_raises_the_rate_linearly_and_resumes_with_the_state(tmp_path):
         run(tmp_path, fail_after=4)                         # crashes in step 5, after the step-3 checkpoint
     run(tmp_path)                                           # resumes at step 3 with the scheduler's state
     assert seen == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2] + [1e-2] * 3, rel=1e-9)
+
+
+def test_stratified_batches_hold_each_stratum_share_exactly_and_split_like_one_process():
+    """With `strata`, every batch holds each stratum's proportional share exactly (real / fake / generation rows of
+    GDUF: 4 / 4 / 8 of 16, where the unstratified draw varies), only rows of that stratum fill its share, and two
+    processes' halves together are the one-process batch."""
+    from udet_core.engine.train import StepBatches, stratum_counts
+    assert stratum_counts([10, 10, 20], 16).tolist() == [4, 4, 8]
+    assert stratum_counts([1, 1, 1], 16).tolist() == [6, 5, 5]          # remainder to the first on ties
+    assert stratum_counts([3, 97], 16).tolist() == [0, 16]               # 0.48 rounds away: proportional, not floor 1
+    strata = np.repeat([0, 1, 2], [10, 10, 20])
+    rows = np.arange(100, 140)                                           # positions map to these example indices
+    one = [[i for i, _ in b] for b in StepBatches(rows, 16, 5, 0, 30, strata=strata)]
+    assert all(np.bincount(strata[np.asarray(b) - 100], minlength=3).tolist() == [4, 4, 8] for b in one)
+    plain = [np.bincount(strata[np.asarray([i for i, _ in b]) - 100], minlength=3).tolist()
+             for b in StepBatches(rows, 16, 5, 0, 30)]
+    assert any(c != [4, 4, 8] for c in plain)                             # balance was only in expectation before
+    halves = [list(StepBatches(rows, 16, 5, 0, 30, rank=r, world=2, strata=strata)) for r in (0, 1)]
+    for s, b in enumerate(one):
+        merged = sorted([(k[2], i) for i, k in halves[0][s] + halves[1][s]])
+        assert [i for _, i in merged] == b

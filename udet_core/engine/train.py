@@ -83,22 +83,45 @@ class ModelSelection:
             m.load_state_dict(self.best[k], strict=False)
 
 
+def stratum_counts(sizes, batch_size: int) -> np.ndarray:
+    """Positions of a batch of `batch_size` per stratum of `sizes` rows: proportional, the remainder to the largest
+    fractions (ties to the first stratum), so equal strata always get equal shares and the counts sum to the batch."""
+    sizes = np.asarray(sizes, dtype=float)
+    exact = batch_size * sizes / sizes.sum()
+    counts = np.floor(exact).astype(int)
+    counts[np.argsort(-(exact - counts), kind="stable")[:batch_size - counts.sum()]] += 1
+    return counts
+
+
 class StepBatches(torch.utils.data.Sampler):
     """The batches of steps `start` .. `steps - 1`: step s draws its global batch of `batch_size` positions in
     `rows` (default: every example) from a generator seeded by (seed, s), the same on every process; process `rank`
-    takes every world-th of them. Yields, per step, [(example index, (seed, s, position in the global batch))]."""
+    takes every world-th of them. With `strata` (a label per entry of `rows`, e.g. real / fake / generation), each
+    batch holds each stratum's proportional share exactly (`stratum_counts`; in expectation only without), drawn
+    with replacement within the stratum. Yields, per step, [(example index, (seed, s, position in the global batch))]."""
 
-    def __init__(self, rows, batch_size: int, seed: int, start: int, steps: int, rank: int = 0, world: int = 1):
+    def __init__(self, rows, batch_size: int, seed: int, start: int, steps: int, rank: int = 0, world: int = 1,
+                 strata=None):
         self.rows, self.batch_size, self.seed, self.start, self.steps = rows, batch_size, seed, start, steps
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.groups = rank, world, None
+        if strata is not None:
+            strata = np.asarray(strata)
+            self.groups = [torch.from_numpy(np.flatnonzero(strata == v)) for v in np.unique(strata)]
+            self.counts = stratum_counts([len(g) for g in self.groups], batch_size)
 
     def __len__(self) -> int:
         return max(0, self.steps - self.start)
 
+    def draw(self, g: torch.Generator) -> torch.Tensor:
+        """One global batch: positions in `rows`."""
+        if self.groups is None:
+            return torch.randint(0, len(self.rows), (self.batch_size,), generator=g)
+        return torch.cat([grp[torch.randint(0, len(grp), (int(n),), generator=g)]
+                          for grp, n in zip(self.groups, self.counts)])
+
     def __iter__(self):
         for step in range(self.start, self.steps):
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-            draw = torch.randint(0, len(self.rows), (self.batch_size,), generator=g)
+            draw = self.draw(torch.Generator().manual_seed(self.seed * 1_000_003 + step))
             yield [(int(self.rows[int(draw[i])]), (self.seed, step, i))
                    for i in range(self.rank, self.batch_size, self.world)]
 
@@ -131,7 +154,7 @@ def collate_examples(examples: list):
 def fit(modules: dict, objectives: list[Objective], data, *, steps: int, batch_size: int,
         seed: int, out_dir=None, checkpoint_every: int = 0, desc: str = "train", progress: bool = True,
         accelerator: Accelerator | None = None, after_step: Callable[[int, dict], dict | None] | None = None,
-        rows=None, transform=None, num_workers: int = 0) -> list[dict]:
+        rows=None, strata=None, transform=None, num_workers: int = 0) -> list[dict]:
     """Train `modules` for `steps` steps; returns the per-step history [{'step', '<objective>': loss, ...}].
 
     `batch_size` is the global batch: with N processes each takes batch_size/N of the same draw, so gradients
@@ -139,7 +162,8 @@ def fit(modules: dict, objectives: list[Objective], data, *, steps: int, batch_s
 
     `data` is a map-style data set whose examples are tuples of tensors (a dict with `problem` = (path, reason) for
     one that could not be read: reported once and skipped), or an in-memory tensor / tuple of tensors indexed
-    together. Steps draw from `rows` (indices into `data`, e.g. `balanced`; default all), each drawn example
+    together. Steps draw from `rows` (indices into `data`, e.g. `balanced`; default all; with `strata`, a label per
+    row, every batch holds each stratum's share: `StepBatches`), each drawn example
     passes through `transform(example, rng)` (a per-draw generator), and `num_workers` DataLoader workers prepare
     the batches ahead. With `out_dir` and `checkpoint_every > 0`, state is checkpointed to `out_dir/checkpoint`
     and a rerun resumes from it. Under several processes, batch norm layers normalise over the global batch
@@ -181,7 +205,8 @@ def fit(modules: dict, objectives: list[Objective], data, *, steps: int, batch_s
     t0 = time.perf_counter()
     loader = torch.utils.data.DataLoader(
         Draws(data, transform), collate_fn=collate_examples, num_workers=num_workers,
-        batch_sampler=StepBatches(rows, batch_size, seed, start, steps, acc.process_index, acc.num_processes),
+        batch_sampler=StepBatches(rows, batch_size, seed, start, steps, acc.process_index, acc.num_processes,
+                                  strata),
         generator=torch.Generator(), pin_memory=acc.device.type == "cuda")   # own generator: global RNG untouched
     bar = tqdm(zip(range(start, steps), loader), total=max(0, steps - start), desc=desc,
                disable=not progress or not acc.is_local_main_process)

@@ -23,7 +23,7 @@ from udet_core.core.io import atomic_write_json
 from udet_core.core.profiles import DigaConfig
 from udet_core.engine.losses import diga_loss, diga_total_loss, gduf_total_loss
 from udet_core.engine.train import Objective, fit
-from udet_core.methods.gduf import UniGenDet, mixed_task_accelerator
+from udet_core.methods.gduf import UniGenDet, batch_strata, mixed_task_accelerator
 
 
 class Projector(nn.Sequential):
@@ -85,7 +85,7 @@ class Diga:
                                             {"params": self.projector.parameters()}], lr=self.cfg.lr)
         history = fit({"model": self.student.model, "projector": self.projector}, [obj], data, steps=self.cfg.steps,
                       batch_size=self.cfg.batch_size, seed=seed, out_dir=out_dir, checkpoint_every=checkpoint_every,
-                      desc="DIGA", progress=progress, accelerator=mixed_task_accelerator())
+                      desc="DIGA", progress=progress, accelerator=mixed_task_accelerator(), strata=batch_strata(data))
         self.student.model.eval()
         return history
 

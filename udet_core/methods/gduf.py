@@ -71,6 +71,14 @@ class HeadScores:
     parsed: np.ndarray          # (N,) bool: the greedy first word is a verdict word ('real' or 'fake')
 
 
+def batch_strata(data) -> np.ndarray:
+    """Each training example's stratum for class-balanced batches (`train.StepBatches`): 0 real and 1 fake detection
+    rows, 2 generation rows, of `training_tensors` or `training_examples` (labels 4th, task last from the end)."""
+    columns = data if isinstance(data, tuple) else data.columns
+    y, task = columns[-4], columns[-1]
+    return (2 * task + y * (task == 0)).numpy()
+
+
 def auc_or_nan(y, s) -> float:
     """ROC AUC, NaN when `y` holds one class (a learning curve's check must not crash on a tiny split)."""
     from sklearn.metrics import roc_auc_score
@@ -272,7 +280,7 @@ class UniGenDet:
         history = fit({"model": self.model}, [obj], data, steps=c.steps, batch_size=c.batch_size,
                       seed=seed, out_dir=out_dir, checkpoint_every=checkpoint_every, desc="GDUF", progress=progress,
                       accelerator=mixed_task_accelerator(), num_workers=workers, after_step=selection,
-                      transform=None if isinstance(data, tuple) else self.training_transform())
+                      strata=batch_strata(data), transform=None if isinstance(data, tuple) else self.training_transform())
         if selection is not None and selection.best is not None:
             selection.restore()
         self.model.eval()
