@@ -168,6 +168,18 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def bootstrap_mean_interval(x, n_boot: int = 10000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `x` (Efron 1979): `n_boot` resamples with replacement, the
+    (1 - level) / 2 and (1 + level) / 2 quantiles of their means; NaN for fewer than 3 values (resamples of 2 only
+    span their range: no interval)."""
+    x = np.asarray(x, dtype=float)
+    if len(x) < 3:
+        return float("nan"), float("nan")
+    means = x[np.random.default_rng(seed).integers(0, len(x), (n_boot, len(x)))].mean(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
 def psnr(x, y):
     """Per-image PSNR (dB) of images in [-1, 1] (peak-to-peak 2): 10 log10(4 / MSE)."""
     import torch

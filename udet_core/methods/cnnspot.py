@@ -35,7 +35,11 @@ class SmallResNet(nn.Module):
         self.head = nn.Linear(c, 1)
 
     def forward(self, x):
-        return self.head(self.features(x).mean((2, 3))).squeeze(1)
+        return self.head(self.pooled(x)).squeeze(1)
+
+    def pooled(self, x):
+        """The penultimate layer: globally pooled features (B, widths[-1]), what the head reads."""
+        return self.features(x).mean((2, 3))
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
@@ -92,6 +96,13 @@ def classifier_scores(net: SmallResNet, images: np.ndarray, batch_size: int = 25
     return torch.cat([torch.sigmoid(net(to_input(b))) for b in x.split(batch_size)]).numpy()
 
 
+@torch.no_grad()
+def classifier_features(net: SmallResNet, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Penultimate-layer features (N, widths[-1]) of uint8 NHWC images: a texture-sensitive feature space."""
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    return torch.cat([net.pooled(to_input(b)) for b in x.split(batch_size)]).numpy()
+
+
 def save_classifier(net: SmallResNet, folder) -> None:
     from safetensors.torch import save_file
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(Path(folder) / "classifier.safetensors"))
@@ -128,6 +139,10 @@ class CNNSpot(Detector):
 
     def score(self, images, *, progress=False):
         return classifier_scores(self.net, images)
+
+    def features(self, images) -> np.ndarray:
+        """The classifier's penultimate-layer features (`classifier_features`)."""
+        return classifier_features(self.net, images)
 
     def save(self, folder):
         save_classifier(self.net, folder)

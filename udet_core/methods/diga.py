@@ -50,11 +50,13 @@ def teacher_features(teacher: UniGenDet, x: torch.Tensor, layer: int) -> torch.T
 
 
 class Diga:
-    """The student (a GDUF model, trained), its projector and the frozen teacher (a copy of the GDUF model)."""
+    """The student (a GDUF model, trained), its projector and the frozen teacher: a copy of the GDUF model (the
+    paper's detector), or `teacher` (a control: e.g. the model before GDUF, which never learned to detect)."""
 
-    def __init__(self, gduf: UniGenDet, cfg: DigaConfig):
+    def __init__(self, gduf: UniGenDet, cfg: DigaConfig, teacher: UniGenDet | None = None):
         self.cfg = cfg
-        self.teacher = UniGenDet(gduf.cfg, copy.deepcopy(gduf.model).eval().requires_grad_(False), gduf.tokenizer, gduf.vae)
+        t = teacher or gduf
+        self.teacher = UniGenDet(t.cfg, copy.deepcopy(t.model).eval().requires_grad_(False), t.tokenizer, t.vae)
         self.student = gduf
         self.teacher_layer = cfg.teacher_layer or self.teacher.model.cfg.num_layers
         if not 1 <= cfg.student_layer <= gduf.model.cfg.num_layers:

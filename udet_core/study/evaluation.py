@@ -16,7 +16,12 @@ from udet_core.core.errors import DataError
 from udet_core.core.progress import tqdm
 from udet_core.data import perturb
 from udet_core.data.dataset import check_split
-from udet_core.engine.metrics import mean_std_table, per_family_table, summary
+from udet_core.engine.metrics import (
+    bootstrap_mean_interval,
+    mean_std_table,
+    per_family_table,
+    summary,
+)
 from udet_core.methods.base import (
     cached_scores,
     score_dataset,
@@ -123,7 +128,8 @@ def raw_auc(y: np.ndarray, raw: np.ndarray | None, mask) -> float:
 def paired_differences(long: pd.DataFrame, pairs, metrics=("AUC", "bacc"), subsets=None) -> pd.DataFrame:
     """Paired controls: for each (a, b) variant pair fitted from the same start with the same seeds (one change),
     the per-seed difference a - b of each metric on each subset, its mean, its standard deviation over seeds and
-    whether the mean exceeds it (None for a single seed: no claim can be made)."""
+    whether the mean exceeds it (None for a single seed: no claim can be made), and the 95 % bootstrap interval of
+    the mean over seeds with whether it excludes 0 (None below 3 seeds: `bootstrap_mean_interval`)."""
     rows = []
     for a, b in pairs:
         for subset in subsets or long["subset"].unique():
@@ -131,9 +137,12 @@ def paired_differences(long: pd.DataFrame, pairs, metrics=("AUC", "bacc"), subse
             for metric in metrics:
                 diff = (t.loc[a][metric] - t.loc[b][metric]).dropna()
                 sd = float(diff.std(ddof=1)) if len(diff) > 1 else float("nan")
+                lo, hi = bootstrap_mean_interval(diff.to_numpy())
                 rows.append({"pair": f"{a} - {b}", "subset": subset, "metric": metric, "seeds": len(diff),
                              "per_seed": " ".join(f"{v:+.3f}" for v in diff), "mean_diff": float(diff.mean()),
-                             "std_diff": sd, "beyond_seed_spread": _beyond(abs(float(diff.mean())), sd)})
+                             "std_diff": sd, "beyond_seed_spread": _beyond(abs(float(diff.mean())), sd),
+                             "boot_95_low": lo, "boot_95_high": hi,
+                             "interval_excludes_0": None if np.isnan(lo) else bool(lo > 0 or hi < 0)})
     return pd.DataFrame(rows)
 
 

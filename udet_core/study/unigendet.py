@@ -19,6 +19,7 @@ from udet_core.data.images import to_tensor
 from udet_core.data.sources import caption_for, random_crops
 from udet_core.engine.distances import LPIPSDistance
 from udet_core.engine.metrics import (
+    bootstrap_mean_interval,
     calibrate_threshold,
     explanation_metrics,
     frechet_distance,
@@ -41,6 +42,7 @@ from udet_core.study.evaluation import (
     Evaluation,
     focus_subset,
     ordering_claim,
+    paired_differences,
     summary_subsets,
 )
 from udet_core.world import zoo
@@ -103,11 +105,13 @@ def table6_claims(long: pd.DataFrame) -> pd.DataFrame:
                          for metric in ("bAcc", "F1", "ROUGE-L", "CSS", "head_AUC", "verdict_AUC")])
 
 
-def start_model_of(wb) -> UniGenDet:
-    """The model GDUF starts from on this workbench (`UniGenDetDetector.start_model`, the workbench's seed), in eval
-    mode: what the linear probes read."""
-    det = create_detector("unigendet", wb.p, wb.run_dir, weights=weights_for(UniGenDetDetector, wb.p, wb.run_dir, None))
-    ug = det.start_model(wb.split("train")[1], wb.seed)
+def start_model_of(wb, seed: int | None = None, p=None) -> UniGenDet:
+    """The model GDUF starts from on this workbench (`UniGenDetDetector.start_model`; profile `p`, default the
+    workbench's; `seed`, default the workbench's), in eval mode: what the linear probes read, and DIGA's non-detector
+    teacher."""
+    p = p or wb.p
+    det = create_detector("unigendet", p, wb.run_dir, weights=weights_for(UniGenDetDetector, p, wb.run_dir, None))
+    ug = det.start_model(wb.split("train")[1], wb.seed if seed is None else seed)
     ug.model.eval()
     return ug
 
@@ -138,25 +142,56 @@ def linear_probes(ug: UniGenDet, wb) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def fitted_diga(wb, *, seed: int, p=None, force: bool = False) -> tuple[UniGenDet, list[dict]]:
+DIGA_TEACHERS = ("GDUF", "before GDUF")   # the paper's detector teacher; the control that never learned to detect
+
+
+def fitted_diga(wb, *, seed: int, p=None, teacher: str = "GDUF", force: bool = False) -> tuple[UniGenDet, list[dict]]:
     """The GDUF model of `seed` (the registry's `unigendet` artifact, profile `p`, default the workbench's) after DIGA
-    with `p.diga`, trained on the workbench's train split; cached under `<run_dir>/artifacts/diga-<hash>` (keyed by
-    the DIGA config and the teacher)."""
+    with `p.diga`, trained on the workbench's train split, aligned to `teacher` (`DIGA_TEACHERS`: the frozen GDUF
+    model itself, as the paper, or the model GDUF started from, `start_model_of`); cached under
+    `<run_dir>/artifacts/diga-<hash>` (keyed by the DIGA config and the teacher)."""
+    if teacher not in DIGA_TEACHERS:
+        raise ValueError(f"unknown DIGA teacher {teacher!r}; choose one of {DIGA_TEACHERS}")
     p, images, df, progress = p or wb.p, wb.images, wb.df, wb.progress
-    teacher = wb.fitted("unigendet", p=p, seed=seed)
-    art = method_artifact(wb.run_dir, "diga", p, p.diga, teacher.folder.name, seed)
+    gduf = wb.fitted("unigendet", p=p, seed=seed)
+    art = method_artifact(wb.run_dir, "diga", p, p.diga, gduf.folder.name, seed,
+                          *([] if teacher == "GDUF" else [teacher]))
     if art.done and not force:
         return UniGenDet.load(art.path), json.loads((art.path / "unigendet.json").read_text()).get("history", [])
     out = art.begin()
-    torch.manual_seed(seed)
-    diga = Diga(UniGenDet.load(teacher.folder), p.diga)
+    control = None if teacher == "GDUF" else start_model_of(wb, seed, p)
+    torch.manual_seed(seed)   # the projector's init: the same for every teacher
+    diga = Diga(UniGenDet.load(gduf.folder), p.diga, control)
     train = (df["split"] == "train").to_numpy()
     history = diga.train(images[train], df[train].reset_index(drop=True), seed=seed, out_dir=out, progress=progress)
     val = (df["split"] == "val").to_numpy()
     diga.student.threshold = calibrate_threshold(diga.student.probabilities(images[val]), df["label"].to_numpy()[val])
     diga.save(out, {"history": history})
-    art.commit(seed=seed, teacher=str(teacher.folder))
+    art.commit(seed=seed, teacher=str(gduf.folder) if teacher == "GDUF" else teacher)
     return diga.student, history
+
+
+DIGA_PAIRS = [("+DIGA", "+GDUF, λ = 0"), ("+DIGA", "+DIGA, teacher before GDUF")]   # one change each, same start
+DIGA_METRICS = ["FID-style", "FID-style, CNNSpot features", "judged real by cnnspot"]
+
+
+def diga_paired(long: pd.DataFrame) -> pd.DataFrame:
+    """DIGA's paired controls (`DIGA_PAIRS`) per seed on the generation metrics of `generation_metrics` (long: one
+    row per stage x seed), through `evaluation.paired_differences`: a negative FID-style difference and a positive
+    judged-real difference favour +DIGA."""
+    by_stage = long.rename(columns={"stage": "variant"}).assign(subset="generation")
+    return paired_differences(by_stage, DIGA_PAIRS, [m for m in DIGA_METRICS if m in long], ["generation"])
+
+
+def teacher_check(det_long: pd.DataFrame, stage: str = "+GDUF") -> pd.DataFrame:
+    """Is there an authenticity signal for DIGA to align to? The teacher's (+GDUF) test AUC per subset: mean over
+    seeds, its 95 % bootstrap interval over seeds, and whether that interval lies above chance (None: one seed)."""
+    rows = []
+    for subset, t in det_long[det_long["stage"] == stage].groupby("subset", sort=False):
+        lo, hi = bootstrap_mean_interval(t["AUC"].to_numpy())
+        rows.append({"teacher": stage, "subset": subset, "seeds": len(t), "AUC_mean": float(t["AUC"].mean()),
+                     "boot_95_low": lo, "boot_95_high": hi, "detects": None if np.isnan(lo) else bool(lo > 0.5)})
+    return pd.DataFrame(rows)
 
 
 def feature_extractor(p, run_dir, progress: bool = False):
@@ -190,7 +225,8 @@ def feature_extractor(p, run_dir, progress: bool = False):
 def generation_metrics(models: dict, wb, *, seed: int) -> tuple[pd.DataFrame, dict]:
     """UniGenDet Table 4 / D analogue for each {stage: UniGenDet}: FID-style distance between `n_samples` images
     generated from the captions of fresh random crops of the training photos (the distribution every stage learned;
-    the crops are not in the manifest) and those crops, intra-prompt diversity over `per_prompt` samples of
+    the crops are not in the manifest) and those crops, in two feature spaces (`feature_extractor`'s, and the
+    penultimate layer of the CNNSpot checkpoint fitted with `seed`: texture-sensitive), intra-prompt diversity over `per_prompt` samples of
     `n_prompts` of the captions, and the share of samples each frozen judge (registry detectors fitted with `seed`)
     calls real with its 95 % Wilson interval over the generated images. Returns (one row per stage, {"samples":
     {stage: images}, "reference": crops, "prompts", "info"})."""
@@ -199,7 +235,9 @@ def generation_metrics(models: dict, wb, *, seed: int) -> tuple[pd.DataFrame, di
     feat_name, features = feature_extractor(p, wb.run_dir, progress)
     crops, meta = random_crops(p.data.split_photos["train"], g.n_samples, p.data.resolution, p.data.crop_scales,
                                np.random.default_rng([p.seed, 4242]))
-    real_feats = features(crops)
+    cnnspot = wb.fitted("cnnspot", seed=seed, progress=False)
+    spaces = {"FID-style": features, "FID-style, CNNSpot features": cnnspot.features}
+    real_feats = {col: f(crops) for col, f in spaces.items()}
     prompts = [caption_for(m["source"], m["scale"]) for m in meta]
     diverse = list(dict.fromkeys(prompts))[:g.n_prompts]
     lpips = LPIPSDistance("vgg")
@@ -210,7 +248,7 @@ def generation_metrics(models: dict, wb, *, seed: int) -> tuple[pd.DataFrame, di
                               for i in range(0, g.n_samples, 64)])
         samples[stage] = gen
         groups = [ug.generate([c] * g.per_prompt, seeds=range(g.per_prompt)) for c in diverse]
-        row = {"stage": stage, "FID-style": frechet_distance(features(gen), real_feats),
+        row = {"stage": stage, **{col: frechet_distance(f(gen), real_feats[col]) for col, f in spaces.items()},
                "diversity": intra_prompt_diversity(groups, lpips)}
         for name, det in judges.items():
             share = judged_real_share(det.score(gen), det.threshold)
@@ -218,7 +256,8 @@ def generation_metrics(models: dict, wb, *, seed: int) -> tuple[pd.DataFrame, di
             row.update({f"judged real by {name}": share, f"judged real by {name}, 95% low": lo,
                         f"judged real by {name}, 95% high": hi})
         rows.append(row)
-    info = {"features": feat_name, "feature_dim": real_feats.shape[1], "diversity_distance": lpips.name,
+    info = {"features": feat_name, "feature_dim": real_feats["FID-style"].shape[1],
+            "cnnspot_feature_dim": real_feats["FID-style, CNNSpot features"].shape[1], "diversity_distance": lpips.name,
             "n_samples": g.n_samples,
             "reference": "fresh crops of the training photos", "judges": list(g.judges)}
     return pd.DataFrame(rows), {"samples": samples, "reference": crops, "prompts": prompts, "info": info}
