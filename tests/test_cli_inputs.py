@@ -75,6 +75,29 @@ def test_on_foreign_data_a_detector_trains_at_its_published_input_size():
     assert input_size(detector_class("cnnspot"), get_profile("tiny"), on_udet_mini=False, set_by_user=False)[0] == 16
 
 
+def test_the_notebooks_read_foreign_data_at_each_detectors_input_size(world, tmp_path, monkeypatch):
+    """`reproduce --data` (the workbench): on data other than udet-mini each detector is fitted and scored on the
+    same rows read at its own input size (here CNNSpot's, set to 24 px, beside the tiny profile's 16 px), and under
+    center-crop a published size larger than the images (AEROBLADE's 512 px) is capped at what they hold."""
+    from dataclasses import replace
+
+    from udet_core.methods.base import detector_class
+    from udet_core.study import evaluation
+    from udet_core.study.workbench import open_workbench
+    _, tree, _ = world
+    wb = open_workbench("tiny", data=tree, val_fraction=0.25, run_dir=tmp_path / "run")
+    wb.p = replace(wb.p, data=replace(wb.p.data, foreign_resolution="published"))   # tiny keeps its own otherwise
+    monkeypatch.setattr(detector_class("cnnspot"), "published_size", 24)
+    cn = wb.for_detector("cnnspot")
+    assert wb.images.shape[1:3] == (16, 16) and cn.images.shape[1:3] == (24, 24) and cn.p.data.resolution == 24
+    assert cn.df.equals(wb.df) and wb.for_detector("cnnspot") is cn and cn.for_detector("cnnspot") is cn
+    assert wb.for_detector("aeroblade").p.data.resolution == 24          # the 24 px images hold no more
+    assert wb.data["input_px"] == {"cnnspot": 24, "aeroblade": 24}
+    table = evaluation.comparison(wb, ["cnnspot"], [0]).long
+    assert wb.fitted("cnnspot", seed=0).p.data.resolution == 24 and len(table) == 1    # one subset: all test
+    assert table["n"].iloc[0] == (wb.df["split"] == "test").sum()
+
+
 # ------------------------------------------------------------------ 1. a foreign resume never records a lie
 
 def test_a_rerun_with_other_settings_is_refused_and_force_starts_fresh(world):

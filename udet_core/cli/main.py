@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     r.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 00,03")
     r.add_argument("--data", default="udet-mini", help="data-set spec the notebooks run on: udet-mini (the default), a "
                    "manifest .csv, a FakeClue .json, or a DiffusionForensics / GenImage / 0_real/1_fake folder "
-                   "(held in memory at the profile's input size; larger sets: train / evaluate)")
+                   "(held in memory, each detector's copy at its input size; larger sets: train / evaluate)")
     r.add_argument("--backbone", default=None, help="a diffusers SD Image Variation pipeline folder for CRAFT, DIRE "
                    "and AEROBLADE (default: the profile's stand-ins)")
     r.add_argument("--val-fraction", type=float, default=None, help="carve a val split of this share from train "

@@ -197,6 +197,19 @@ class ImageDataset(torch.utils.data.Dataset):
         return ImageDataset(rows, self.size, self.policy, self.multiple, self.convert,
                             {**self.description, "split": split})
 
+    def smallest_side(self) -> int:
+        """The smallest height or width among the rows' files, from their headers (0 if none can be opened): the
+        largest input policy `center-crop` can take from every row."""
+        from PIL import Image
+        sides = []
+        for path in self.manifest["path"]:
+            try:
+                with Image.open(path) as im:
+                    sides.append(min(im.size))
+            except Exception:   # an unreadable file is reported where it is read, not here
+                continue
+        return min(sides, default=0)
+
     def provenance(self) -> dict:
         """What every result computed on this data set records about it."""
         return {**self.description, "n_rows": len(self), "policy": self.policy, "policy_means": POLICIES[self.policy],

@@ -37,6 +37,7 @@ def premise_check(wb, backbone=None, split: str = "test", distances=None):
     import pandas as pd
     from sklearn.metrics import roc_auc_score
 
+    wb = wb.for_detector("craft")   # CRAFT's input size on data other than udet-mini
     p, run_dir, images, df = wb.p, wb.run_dir, wb.images, wb.df
     cfg = replace(p.craft, perturb=True, train_encoder=False, train_unet=False, train_decoder=False)
     model = Craft.from_backbone(backbone or wb.backbone_folder(), cfg)

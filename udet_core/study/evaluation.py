@@ -96,10 +96,10 @@ def comparison(wb, detectors=None, seeds=None, cost_images: int = 128) -> Evalua
     long: one row per detector x seed x subset; family_long: one row per detector x seed x family.
     """
     detectors, seeds = wb.applicable(detectors or wb.p.eval.detectors), seeds or wb.p.eval.seeds
-    x_test, test = wb.split("test")
     rows, fam_rows, fit_s, costs = [], [], [], []
     cells = [Cell(name, seed) for name in detectors for seed in seeds]
     for cell, det in fitted_cells(wb, cells, "comparison"):
+        x_test, test = wb.for_detector(cell.detector).split("test")   # at the detector's input size
         fit_s.append(det.fit_s)
         s, raw = cached_scores(det, x_test, wb.progress), cached_scores(det, x_test, wb.progress, raw=True)
         rows += subset_rows(s, raw, det.threshold, test, detector=cell.detector, seed=cell.seed)
@@ -151,7 +151,7 @@ def ablation(wb, variants: dict, seeds, detector: str = "craft") -> Evaluation:
     protocol (the workbench's train split, validation threshold) and scored on its test split.
 
     Summary: mean ± std per variant and subset, with the mean fit time; long: variant x seed x subset."""
-    x_test, test = wb.split("test")
+    x_test, test = wb.for_detector(detector).split("test")
     rows = []
     cells = [Cell(detector, seed, variant, p) for variant, p in variants.items() for seed in seeds]
     for cell, det in fitted_cells(wb, cells, f"{detector} variants", progress=False):
@@ -266,7 +266,7 @@ def cross_domain(wb, detectors=None, seeds=None) -> Evaluation:
     (e.g. DiffusionForensics' imagenet / lsun_bedroom). Summary: the matrix of 'bacc mean ± std' with rows detector x
     train domain and one column per test domain; both tables empty with fewer than two domains.
     """
-    p, images, df = wb.p, wb.images, wb.df
+    p, df = wb.p, wb.df
     detectors, seeds = wb.applicable(detectors or p.eval.cross_domain_detectors), seeds or p.eval.seeds
     has = df["content"].notna().to_numpy()
     domains = sorted(df.loc[has, "content"].unique())
@@ -279,6 +279,7 @@ def cross_domain(wb, detectors=None, seeds=None) -> Evaluation:
              for name in detectors for train_dom in domains for seed in seeds]
     for cell, det in fitted_cells(wb, cells, "cross-domain"):
         name, train_dom, seed = cell.detector, cell.variant, cell.seed
+        images = wb.for_detector(name).images   # the same rows at the detector's input size
         for test_dom in domains:
             m = has & (df["split"] == "test").to_numpy() & (df["content"] == test_dom).to_numpy()
             y = df["label"].to_numpy()[m]
@@ -312,16 +313,20 @@ def robustness(wb, detectors=None, seeds=None) -> Evaluation:
     """Scores of both classes under each post-processing condition, at the clean validation threshold.
 
     Summary: mean ± std of bacc and AP per detector and condition."""
-    p, images, df = wb.p, wb.images, wb.df
+    p, df = wb.p, wb.df
     detectors, seeds = wb.applicable(detectors or p.eval.detectors), seeds or p.eval.seeds
     idx = balanced_test_sample(df, p.eval.robustness_per_class)
     y = df["label"].to_numpy()[idx]
     conds = robustness_conditions(p)
-    perturbed = [np.stack([perturb.apply(a, **c) for a in images[idx]]) for c in conds]
+    perturbed = {}   # input size -> the sample under each condition (one size on udet-mini; per detector elsewhere)
     rows = []
     for cell, det in fitted_cells(wb, [Cell(n, seed) for n in detectors for seed in seeds], "robustness"):
         name, seed = cell.detector, cell.seed
-        for c, x in zip(conds, perturbed):
+        view = wb.for_detector(name)
+        size = view.p.data.resolution
+        if size not in perturbed:
+            perturbed[size] = [np.stack([perturb.apply(a, **c) for a in view.images[idx]]) for c in conds]
+        for c, x in zip(conds, perturbed[size]):
             s = cached_scores(det, x)
             rows.append({"detector": name, "seed": seed, "jpeg_quality": c["jpeg_quality"] or "none",
                          "crop_ratio": c["crop_ratio"], "blur_sigma": c["blur_sigma"],
@@ -337,15 +342,19 @@ def format_bias(wb, detectors=None, seeds=None) -> Evaluation:
     deviation (DIRE's JPEG/PNG confound).
 
     Summary: mean ± std per detector."""
-    p, images, df = wb.p, wb.images, wb.df
+    p, df = wb.p, wb.df
     detectors, seeds = wb.applicable(detectors or p.eval.detectors), seeds or p.eval.seeds
     m = (df["split"] == "test").to_numpy()
-    x_png, y = images[m], df["label"].to_numpy()[m]
-    q = p.eval.format_jpeg_quality
-    x_jpg = np.stack([perturb.jpeg(a, q) for a in x_png])
+    y, q = df["label"].to_numpy()[m], p.eval.format_jpeg_quality
+    inputs = {}   # input size -> (PNG, JPEG round trip) of the test images at that size
     rows = []
     for cell, det in fitted_cells(wb, [Cell(n, seed) for n in detectors for seed in seeds], "format bias"):
         name, seed = cell.detector, cell.seed
+        view = wb.for_detector(name)
+        size = view.p.data.resolution
+        if size not in inputs:
+            inputs[size] = view.images[m], np.stack([perturb.jpeg(a, q) for a in view.images[m]])
+        x_png, x_jpg = inputs[size]
         s_png, s_jpg = cached_scores(det, x_png), cached_scores(det, x_jpg)
         d_png, d_jpg = s_png >= det.threshold, s_jpg >= det.threshold
         flip = d_png != d_jpg

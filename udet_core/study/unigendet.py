@@ -56,7 +56,7 @@ def explanation_eval(det: UniGenDetDetector, wb):
     ROUGE-L, CSS of the answers (and how many could not be parsed), beside the head's bacc/AP/AUC and the verdict
     word's log-odds as a score (AUC, and bacc at its validation threshold). Returns (rows, the answers with their
     test rows)."""
-    x_test, test = wb.split("test")
+    x_test, test = wb.for_detector("unigendet").split("test")
     out = cached_answers(det, x_test, wb.progress)
     rows = []
     for subset, m in summary_subsets(test).items():
@@ -109,6 +109,7 @@ def start_model_of(wb, seed: int | None = None, p=None) -> UniGenDet:
     """The model GDUF starts from on this workbench (`UniGenDetDetector.start_model`; profile `p`, default the
     workbench's; `seed`, default the workbench's), in eval mode: what the linear probes read, and DIGA's non-detector
     teacher."""
+    wb = wb.for_detector("unigendet")
     p = p or wb.p
     det = create_detector("unigendet", p, wb.run_dir, weights=weights_for(UniGenDetDetector, p, wb.run_dir, None))
     ug = det.start_model(wb.split("train")[1], wb.seed if seed is None else seed)
@@ -130,6 +131,7 @@ def linear_probes(ug: UniGenDet, wb) -> pd.DataFrame:
     from sklearn.metrics import roc_auc_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    wb = wb.for_detector("unigendet")   # the images at UniGenDet's input size (udet-mini: the profile's)
     splits = {name: wb.split(name) for name in ("train", "val", "test")}
     feats = {name: {**ug.features(x), "high-pass pixels (no model)": high_pass(x)} for name, (x, _) in splits.items()}
     rows = []

@@ -7,25 +7,28 @@ instead of `(p, run_dir, images, df)` passed to every function.
     wb.table(evaluation.comparison(wb).summary, "03_comparison", wb.p)       # CSV + Markdown + provenance JSON
 
 Notebooks open one (their `data` and `backbone` papermill parameters), library functions take one. The data set is
-held in memory at the profile's input size (the notebooks' scale); data sets larger than memory go through the
-streamed commands (`train`, `evaluate`, `detect`).
+held in memory at the profile's input size (the notebooks' scale); on data other than udet-mini each detector reads
+it at its own input size (`wb.for_detector(name)`: the published one, as `train` does), so the studies fit and score
+every detector on the images it was made for. Data sets larger than memory go through the streamed commands
+(`train`, `evaluate`, `detect`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from udet_core.core.errors import DataError
 from udet_core.core.io import write_table
 from udet_core.core.paths import default_figures_dir, default_profile, default_run_dir
 from udet_core.core.profiles import get_profile
 from udet_core.core.provenance import Timer, provenance
-from udet_core.data.dataset import prepare_splits
+from udet_core.data.dataset import ImageDataset, prepare_splits
 from udet_core.data.manifest import SPLITS
 from udet_core.data.sources import content_domain
-from udet_core.methods.base import detector_class, fitted
+from udet_core.methods.base import detector_class, fitted, input_size
 from udet_core.study.viz import save_figure
 from udet_core.world.benchmark import build_benchmark
 from udet_core.world.specs import EMBEDDED, EMBEDDED_LABEL, open_dataset
@@ -50,6 +53,8 @@ class Workbench:
     seed: int = 0
     progress: bool = False
     timer: Timer = field(default_factory=Timer)
+    source: ImageDataset | None = None   # what `images` were read from (None: udet-mini, held at one size)
+    views: dict = field(default_factory=dict, repr=False)   # size -> this workbench read at that size (`at`)
 
     @property
     def embedded(self) -> bool:
@@ -89,6 +94,47 @@ class Workbench:
             raise NotApplicable(f"{why}: {missing} of {len(self.df)} images of {self.label} have no reference "
                                 "explanation (udet-mini and FakeClue JSON have them; folder layouts do not)")
 
+    def at(self, size: int) -> "Workbench":
+        """This workbench with its images read again at `size` px (the same rows, in the same order, so masks of
+        `df` still apply; cached), its profile's `data.resolution` set to `size`; itself at its own size or on
+        udet-mini (held at one size). A row that cannot be read at `size` is a `DataError` naming it."""
+        if self.source is None or size == self.p.data.resolution:
+            return self
+        if size not in self.views:
+            ds = ImageDataset(self.df, size, self.source.policy, self.source.multiple, self.source.convert,
+                              self.source.description)
+            with self.timer(f"open_data_{size}px"):
+                images, df, problems = ds.load(progress=self.progress)
+            if problems:
+                path, why = problems[0]
+                raise DataError(path, f"readable at {self.p.data.resolution} px but not at {size} px ({why}; "
+                                      f"{len(problems)} such file(s)): remove it or choose another policy")
+            p = replace(self.p, data=replace(self.p.data, resolution=size))
+            self.views[size] = replace(self, p=p, images=images, data={**self.data, "size": size}, views={})
+        return self.views[size]
+
+    def for_detector(self, name: str) -> "Workbench":
+        """The workbench detector `name` reads: on udet-mini this one; on other data its images at the detector's
+        input size (`methods.base.input_size`: its published size unless the profile keeps its own), or, under
+        policy center-crop (which never upscales), at the largest multiple of 8 every image holds if that is less
+        (said once). The sizes are recorded in `data["input_px"]` (every table's provenance)."""
+        if self.embedded or self.source is None:
+            return self
+        sizes = self.data.setdefault("input_px", {})
+        if name not in sizes:
+            size, _ = input_size(detector_class(name), self.p, on_udet_mini=False, set_by_user=False)
+            if self.source.policy == "center-crop" and size > self.p.data.resolution:
+                if "smallest_side" not in self.data:
+                    self.data["smallest_side"] = ImageDataset(self.df, size).smallest_side()
+                side = self.data["smallest_side"]
+                if side < size:
+                    fit = max(self.p.data.resolution, side - side % 8)
+                    print(f"{name} reads {self.label} at {fit} px, not its published {size} px: the smallest image "
+                          f"is {side} px and policy center-crop never upscales")
+                    size = fit
+            sizes[name] = size
+        return self.at(sizes[name])
+
     def split(self, name: str) -> tuple[np.ndarray, pd.DataFrame]:
         """(images, manifest rows with a fresh index) of one split."""
         m = (self.df["split"] == name).to_numpy()
@@ -97,7 +143,12 @@ class Workbench:
     def fitted(self, name: str, *, p=None, seed: int | None = None, progress: bool | None = None, **kw):
         """The detector `name` fitted on this data set's train rows (threshold from its val rows), cached by
         content (`methods.base.fitted`); with this workbench's backbone if the detector takes one, else the
-        stand-in weights it needs (`world.weights`)."""
+        stand-in weights it needs (`world.weights`); on other data than udet-mini at its input size (`for_detector`:
+        `p`'s `data.resolution` is set to it)."""
+        view = self.for_detector(name)
+        if view is not self:
+            p = p and replace(p, data=replace(p.data, resolution=view.p.data.resolution))
+            return view.fitted(name, p=p, seed=seed, progress=progress, **kw)
         cls = detector_class(name)
         backbone = self.backbone if cls.takes_backbone else None
         return fitted(name, p or self.p, self.run_dir, self.images, self.df, backbone=backbone,
@@ -150,4 +201,5 @@ def open_workbench(profile: str | None = None, *, data=EMBEDDED, backbone=None, 
     info = {**ds.provenance(), **readme, **({"val_fraction": val_fraction} if val_fraction else {}), "bad_files": bad}
     return Workbench(p, run_dir, images, df.assign(content=content), info,
                      str(backbone) if backbone else None,
-                     Path(figures_dir or default_figures_dir(profile, run_dir, data)), seed, progress, timer)
+                     Path(figures_dir or default_figures_dir(profile, run_dir, data)), seed, progress, timer,
+                     source=None if str(data) == EMBEDDED else ds)
