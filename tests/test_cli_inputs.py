@@ -98,6 +98,23 @@ def test_the_notebooks_read_foreign_data_at_each_detectors_input_size(world, tmp
     assert table["n"].iloc[0] == (wb.df["split"] == "test").sum()
 
 
+def test_foreign_data_without_a_backbone_trains_from_the_profiles_stand_ins(world, tmp_path):
+    """On the default profile (zoo stand-ins made at 32 px), a detector reading a folder at another input size starts
+    from the profile's stand-ins (they used to be looked up at the input size and refused as "trained with other
+    configs"), and center-crop caps AEROBLADE's published 512 px at what the 24 px images hold."""
+    from udet_core.core.profiles import get_profile
+    from udet_core.methods.base import detector_class, input_size
+    assert input_size(detector_class("craft"), get_profile("default"), False, False, smallest_side=250)[0] == 248
+    assert input_size(detector_class("craft"), get_profile("default"), False, False, smallest_side=300)[0] == 256
+    _, tree, _ = world
+    out = tmp_path / "aeroblade"
+    r = _cli("train", "aeroblade", "--data", tree, "--out", out, "--run-dir", tmp_path / "run", "--val-fraction", "0.25")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "training aeroblade at 24 px (the smallest image is 24 px, below aeroblade's published 512 px" in r.stdout
+    meta = json.loads((out / "detector.json").read_text())
+    assert meta["settings"]["resolution"] == 24 and meta["settings"]["profile"] == "default"
+
+
 # ------------------------------------------------------------------ 1. a foreign resume never records a lie
 
 def test_a_rerun_with_other_settings_is_refused_and_force_starts_fresh(world):

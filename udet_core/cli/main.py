@@ -261,10 +261,14 @@ def _train(a) -> int:
         p = with_settings(get_profile(a.profile, seed=a.seed), a.set)
     except ValueError as e:
         raise DataError("--set", str(e)) from None
-    size, why = input_size(detector_class(a.detector), p, on_udet_mini=str(a.data) == EMBEDDED,
-                           set_by_user=any(item.partition("=")[0].strip() == "data.resolution" for item in a.set or ()))
-    p = dataclasses.replace(p, data=dataclasses.replace(p.data, resolution=size))
     run_dir, out = Path(a.run_dir or default_run_dir(a.profile)), Path(a.out)
+    cls, on_udet_mini = detector_class(a.detector), str(a.data) == EMBEDDED
+    set_by_user = any(item.partition("=")[0].strip() == "data.resolution" for item in a.set or ())
+    size, why = input_size(cls, p, on_udet_mini, set_by_user)
+    if a.policy == "center-crop" and size != p.data.resolution and not (on_udet_mini or set_by_user):
+        side = open_dataset(a.data, size=size, policy=a.policy, p=p, run_dir=run_dir).smallest_side()
+        size, why = input_size(cls, p, on_udet_mini, set_by_user, smallest_side=side)   # center-crop never upscales
+    p = dataclasses.replace(p, data=dataclasses.replace(p.data, resolution=size))
     if out.exists() and not out.is_dir():
         raise DataError("--out", f"{out} is a file; give a folder for the checkpoint")
     if a.force:

@@ -159,13 +159,18 @@ class Detector:
         return cls(p, run_dir)
 
 
-def input_size(cls: type, p, on_udet_mini: bool, set_by_user: bool) -> tuple[int, str]:
+def input_size(cls: type, p, on_udet_mini: bool, set_by_user: bool, smallest_side: int | None = None) -> tuple[int, str]:
     """(input side in pixels, why) a detector `cls` trains at: the profile's `data.resolution` on udet-mini or when
     `--set data.resolution` gave it; on other data its published size (`Detector.published_size`) unless the profile
-    says `data.foreign_resolution = "profile"`."""
+    says `data.foreign_resolution = "profile"`, capped at the largest multiple of 8 within `smallest_side` (the
+    smallest image, for policy center-crop, which never upscales; None: no cap)."""
     if on_udet_mini or set_by_user:
         return p.data.resolution, "udet-mini's resolution" if on_udet_mini else "set by --set data.resolution"
     if p.data.foreign_resolution == "published" and cls.published_size:
+        if smallest_side is not None and smallest_side < cls.published_size:
+            return max(8, smallest_side - smallest_side % 8), (
+                f"the smallest image is {smallest_side} px, below {cls.name}'s published {cls.published_size} px, and "
+                "center-crop never upscales; --policy resize or --set data.resolution=N to change it")
         return cls.published_size, f"{cls.name}'s published input size; --set data.resolution=N to change it"
     return p.data.resolution, f"profile {p.name}'s data.resolution"
 

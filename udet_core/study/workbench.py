@@ -115,23 +115,19 @@ class Workbench:
 
     def for_detector(self, name: str) -> "Workbench":
         """The workbench detector `name` reads: on udet-mini this one; on other data its images at the detector's
-        input size (`methods.base.input_size`: its published size unless the profile keeps its own), or, under
-        policy center-crop (which never upscales), at the largest multiple of 8 every image holds if that is less
-        (said once). The sizes are recorded in `data["input_px"]` (every table's provenance)."""
+        input size (`methods.base.input_size`: its published size unless the profile keeps its own, under policy
+        center-crop capped at what the smallest image holds; said once). The sizes are recorded in
+        `data["input_px"]` (every table's provenance)."""
         if self.embedded or self.source is None:
             return self
         sizes = self.data.setdefault("input_px", {})
         if name not in sizes:
-            size, _ = input_size(detector_class(name), self.p, on_udet_mini=False, set_by_user=False)
-            if self.source.policy == "center-crop" and size > self.p.data.resolution:
-                if "smallest_side" not in self.data:
-                    self.data["smallest_side"] = ImageDataset(self.df, size).smallest_side()
-                side = self.data["smallest_side"]
-                if side < size:
-                    fit = max(self.p.data.resolution, side - side % 8)
-                    print(f"{name} reads {self.label} at {fit} px, not its published {size} px: the smallest image "
-                          f"is {side} px and policy center-crop never upscales")
-                    size = fit
+            if self.source.policy == "center-crop" and "smallest_side" not in self.data:
+                self.data["smallest_side"] = ImageDataset(self.df, self.p.data.resolution).smallest_side()
+            size, why = input_size(detector_class(name), self.p, on_udet_mini=False, set_by_user=False,
+                                   smallest_side=self.data.get("smallest_side"))
+            if size != self.p.data.resolution:
+                print(f"{name} reads {self.label} at {size} px ({why})")
             sizes[name] = size
         return self.at(sizes[name])
 

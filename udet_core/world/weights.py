@@ -8,7 +8,7 @@ from pathlib import Path
 
 from udet_core.core.errors import DataError
 from udet_core.core.io import checkpoint_meta
-from udet_core.core.profiles import Profile
+from udet_core.core.profiles import PROFILES, Profile
 from udet_core.methods.base import (
     WEIGHT_NAMES,
     Detector,
@@ -22,13 +22,23 @@ from udet_core.world import zoo
 from udet_core.world.benchmark import build_benchmark, train_generators
 
 
+def standin_profile(p: Profile) -> Profile:
+    """The profile stand-ins are looked up with: `p` at its named profile's resolution. A detector that reads other
+    data at its own input size (`methods.base.input_size`) starts from the profile's stand-ins all the same: their
+    VAEs and UNets are convolutional (any multiple of 8) and the unified model resizes to its own ViT input."""
+    named = PROFILES[p.name]().data.resolution if p.name in PROFILES else p.data.resolution
+    return p if p.data.resolution == named else dataclasses.replace(p, data=dataclasses.replace(p.data, resolution=named))
+
+
 def default_weights(p: Profile, run_dir, names=WEIGHT_NAMES) -> Weights:
     """The profile's stand-ins for the `Weights` fields `names`: the detectors' SD Image Variation backbone
     (`sdiv-<p.backbone>`), the benchmark's AutoencoderKL and, with a zoo, the pretrained unified model (GDUF
-    fine-tunes it; without a zoo UniGenDet is built from scratch). Nothing is loaded or trained for `names=()`."""
+    fine-tunes it; without a zoo UniGenDet is built from scratch), at the profile's own resolution
+    (`standin_profile`). Nothing is loaded or trained for `names=()`."""
     names = set(names)
     if not names:
         return Weights()
+    p = standin_profile(p)
     gens = train_generators(p, run_dir, progress=False) if names & {"image_variation", "vae"} else None
     unified = zoo.path(p, "unified") / "unigendet" if p.zoo and "unified" in names else None
     return Weights(image_variation=str(gens.backbone_path) if gens and "image_variation" in names else None,
