@@ -96,6 +96,11 @@ def test_the_notebooks_read_foreign_data_at_each_detectors_input_size(world, tmp
     table = evaluation.comparison(wb, ["cnnspot"], [0]).long
     assert wb.fitted("cnnspot", seed=0).p.data.resolution == 24 and len(table) == 1    # one subset: all test
     assert table["n"].iloc[0] == (wb.df["split"] == "test").sum()
+    sizes, score = [], evaluation.cached_scores
+    monkeypatch.setattr(evaluation, "cached_scores", lambda det, x, *a, **k: sizes.append(x.shape[1]) or score(det, x, *a, **k))
+    for study in (evaluation.comparison, evaluation.robustness, evaluation.format_bias):
+        assert len(study(wb, ["cnnspot"], [0]).long) > 0
+    assert sizes and set(sizes) == {24}                                    # every image scored at CNNSpot's size
 
 
 def test_foreign_data_without_a_backbone_trains_from_the_profiles_stand_ins(world, tmp_path):
