@@ -268,6 +268,8 @@ def _train(a) -> int:
     if a.policy == "center-crop" and size != p.data.resolution and not (on_udet_mini or set_by_user):
         side = open_dataset(a.data, size=size, policy=a.policy, p=p, run_dir=run_dir).smallest_side()
         size, why = input_size(cls, p, on_udet_mini, set_by_user, smallest_side=side)   # center-crop never upscales
+    if size != p.data.resolution and not (on_udet_mini or set_by_user):   # the detector's own size: how to change it
+        why += f"; {'--policy resize or ' if size < (cls.published_size or 0) else ''}--set data.resolution=N to change it"
     p = dataclasses.replace(p, data=dataclasses.replace(p.data, resolution=size))
     if out.exists() and not out.is_dir():
         raise DataError("--out", f"{out} is a file; give a folder for the checkpoint")

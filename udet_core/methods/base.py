@@ -170,8 +170,8 @@ def input_size(cls: type, p, on_udet_mini: bool, set_by_user: bool, smallest_sid
         if smallest_side is not None and smallest_side < cls.published_size:
             return max(8, smallest_side - smallest_side % 8), (
                 f"the smallest image is {smallest_side} px, below {cls.name}'s published {cls.published_size} px, and "
-                "center-crop never upscales; --policy resize or --set data.resolution=N to change it")
-        return cls.published_size, f"{cls.name}'s published input size; --set data.resolution=N to change it"
+                "center-crop never upscales")
+        return cls.published_size, f"{cls.name}'s published input size"
     return p.data.resolution, f"profile {p.name}'s data.resolution"
 
 
