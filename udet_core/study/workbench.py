@@ -104,11 +104,11 @@ class Workbench:
             ds = ImageDataset(self.df, size, self.source.policy, self.source.multiple, self.source.convert,
                               self.source.description)
             with self.timer(f"open_data_{size}px"):
-                images, df, problems = ds.load(progress=self.progress)
+                images, _, problems = ds.load(progress=self.progress)
             if problems:
                 path, why = problems[0]
                 raise DataError(path, f"readable at {self.p.data.resolution} px but not at {size} px ({why}; "
-                                      f"{len(problems)} such file(s)): remove it or choose another policy")
+                                      f"{len(problems)} such file(s)): remove it from the data set")
             p = replace(self.p, data=replace(self.p.data, resolution=size))
             self.views[size] = replace(self, p=p, images=images, data={**self.data, "size": size}, views={})
         return self.views[size]
