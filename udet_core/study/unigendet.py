@@ -187,7 +187,7 @@ def diga_paired(long: pd.DataFrame) -> pd.DataFrame:
 
 def teacher_check(det_long: pd.DataFrame, stage: str = "+GDUF") -> pd.DataFrame:
     """Is there an authenticity signal for DIGA to align to? The teacher's (+GDUF) test AUC per subset: mean over
-    seeds, its 95 % bootstrap interval over seeds, and whether that interval lies above chance (None: one seed)."""
+    seeds, its 95 % bootstrap interval over seeds, and whether that interval lies above chance (None below 3 seeds)."""
     rows = []
     for subset, t in det_long[det_long["stage"] == stage].groupby("subset", sort=False):
         lo, hi = bootstrap_mean_interval(t["AUC"].to_numpy())
