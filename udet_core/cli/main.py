@@ -265,11 +265,13 @@ def _train(a) -> int:
     cls, on_udet_mini = detector_class(a.detector), str(a.data) == EMBEDDED
     set_by_user = any(item.partition("=")[0].strip() == "data.resolution" for item in a.set or ())
     size, why = input_size(cls, p, on_udet_mini, set_by_user)
+    ds = None   # opened here only when the images' sizes cap the input size
     if a.policy == "center-crop" and size != p.data.resolution and not (on_udet_mini or set_by_user):
-        side = open_dataset(a.data, size=size, policy=a.policy, p=p, run_dir=run_dir).smallest_side()
-        size, why = input_size(cls, p, on_udet_mini, set_by_user, smallest_side=side)   # center-crop never upscales
+        ds = open_dataset(a.data, size=size, policy=a.policy, p=p, run_dir=run_dir)
+        size, why = input_size(cls, p, on_udet_mini, set_by_user, smallest_side=ds.smallest_side(progress=True))
     if size != p.data.resolution and not (on_udet_mini or set_by_user):   # the detector's own size: how to change it
-        why += f"; {'--policy resize or ' if size < (cls.published_size or 0) else ''}--set data.resolution=N to change it"
+        policy = "--policy resize or " if size < (cls.published_size or 0) else ""
+        why += f"; {policy}--set data.resolution=N to change it"
     p = dataclasses.replace(p, data=dataclasses.replace(p.data, resolution=size))
     if out.exists() and not out.is_dir():
         raise DataError("--out", f"{out} is a file; give a folder for the checkpoint")
@@ -282,10 +284,10 @@ def _train(a) -> int:
     if a.policy == "native":
         raise DataError(a.data, "policy native scores images at their own sizes; training needs one input size "
                                 "(center-crop or resize)")
-    det = create_detector(a.detector, p, run_dir, a.backbone,
-                          weights_for(detector_class(a.detector), p, run_dir, a.backbone))
-    det.config()   # resolves and checks the backbone before any data is read
-    ds = open_dataset(a.data, size=p.data.resolution, policy=a.policy, p=p, run_dir=run_dir)
+    det = create_detector(a.detector, p, run_dir, a.backbone, weights_for(cls, p, run_dir, a.backbone))
+    det.config()   # resolves and checks the backbone before any image is decoded
+    ds = ds or open_dataset(a.data, size=p.data.resolution, policy=a.policy, p=p, run_dir=run_dir)
+    ds.size = p.data.resolution   # (a data set opened above to read the images' sizes: now at the chosen size)
     where = ds.description["spec"]
     ds.manifest = prepare_splits(ds.manifest, where, a.val_fraction, a.seed)
     train, val = ds.subset("train"), ds.subset("val")

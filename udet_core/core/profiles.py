@@ -213,12 +213,13 @@ BAGEL_7B_MOT = UnifiedConfig(hidden_size=3584, num_layers=28, num_heads=28, num_
 class GdufConfig:
     """UniGenDet stage 1 (GDUF): detection with explanation + captioned generation, one model, eq. 9.
 
-    Recipe, measured on the validation split (default profile, seed 0, from the zoo's pretrained unified model, model
-    selection from step 0; issue #27; before batches held the classes in exact proportion, fd08c8d): lr 1e-3 constant for 150 steps, 50x the official 2e-5 (which warms up over
-    2,000 steps). Lower rates with a 50-step warmup and the fresh head at 1e-3 (1e-4, 3e-4, and the official 2e-5; 600
-    steps) never beat step 0 on validation; 600 steps at 1e-3 fit the training subset (head AUC 0.91) while validation
-    stayed at 0.51-0.64. The linear probes of notebook 01 say why: the pretrained representation carries no real/fake
-    signal that generalises (answer-token state: train 0.81, val 0.41, test 0.54)."""
+    Recipe, measured on the validation split (default profile, seed 0, from the zoo's pretrained unified model,
+    model selection from step 0; issue #27; measured before batches held the classes in exact proportion, fd08c8d):
+    lr 1e-3 constant for 150 steps, 50x the official 2e-5 (which warms up over 2,000 steps). Lower rates with a
+    50-step warmup and the fresh head at 1e-3 (1e-4, 3e-4, and the official 2e-5; 600 steps) never beat step 0 on
+    validation; 600 steps at 1e-3 fit the training subset (head AUC 0.91) while validation stayed at 0.51-0.64. The
+    linear probes of notebook 01 say why: the pretrained representation carries no real/fake signal that generalises
+    (answer-token state: train 0.81, val 0.41, test 0.54)."""
     model: UnifiedConfig = UnifiedConfig()
     smsa: bool = True                 # False: the "w/o SMSA" ablation (text and ViT tokens do not see VAE latents)
     gen_ratio: float = 1.0            # generation samples per detection sample: paper §4.1 1:1 (official config 1:5,

@@ -197,12 +197,12 @@ class ImageDataset(torch.utils.data.Dataset):
         return ImageDataset(rows, self.size, self.policy, self.multiple, self.convert,
                             {**self.description, "split": split})
 
-    def smallest_side(self) -> int:
+    def smallest_side(self, progress: bool = False) -> int:
         """The smallest height or width among the rows' files, from their headers (0 if none can be opened): the
         largest input policy `center-crop` can take from every row."""
         from PIL import Image
         sides = []
-        for path in self.manifest["path"]:
+        for path in tqdm(self.manifest["path"], desc="image sizes", disable=not progress):
             try:
                 with Image.open(path) as im:
                     sides.append(min(im.size))

@@ -159,7 +159,8 @@ class Detector:
         return cls(p, run_dir)
 
 
-def input_size(cls: type, p, on_udet_mini: bool, set_by_user: bool, smallest_side: int | None = None) -> tuple[int, str]:
+def input_size(cls: type, p, on_udet_mini: bool, set_by_user: bool,
+               smallest_side: int | None = None) -> tuple[int, str]:
     """(input side in pixels, why) a detector `cls` trains at: the profile's `data.resolution` on udet-mini or when
     `--set data.resolution` gave it; on other data its published size (`Detector.published_size`) unless the profile
     says `data.foreign_resolution = "profile"`, capped at the largest multiple of 8 within `smallest_side` (the

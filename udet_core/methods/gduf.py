@@ -73,7 +73,7 @@ class HeadScores:
 
 def batch_strata(data) -> np.ndarray:
     """Each training example's stratum for class-balanced batches (`train.StepBatches`): 0 real and 1 fake detection
-    rows, 2 generation rows, of `training_tensors` or `training_examples` (labels 4th, task last from the end)."""
+    rows, 2 generation rows, of `training_tensors` or `training_examples` (labels 4th from the end, task last)."""
     columns = data if isinstance(data, tuple) else data.columns
     y, task = columns[-4], columns[-1]
     return (2 * task + y * (task == 0)).numpy()
@@ -280,7 +280,8 @@ class UniGenDet:
         history = fit({"model": self.model}, [obj], data, steps=c.steps, batch_size=c.batch_size,
                       seed=seed, out_dir=out_dir, checkpoint_every=checkpoint_every, desc="GDUF", progress=progress,
                       accelerator=mixed_task_accelerator(), num_workers=workers, after_step=selection,
-                      strata=batch_strata(data), transform=None if isinstance(data, tuple) else self.training_transform())
+                      strata=batch_strata(data),
+                      transform=None if isinstance(data, tuple) else self.training_transform())
         if selection is not None and selection.best is not None:
             selection.restore()
         self.model.eval()

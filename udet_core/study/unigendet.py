@@ -228,22 +228,22 @@ def generation_metrics(models: dict, wb, *, seed: int) -> tuple[pd.DataFrame, di
     """UniGenDet Table 4 / D analogue for each {stage: UniGenDet}: FID-style distance between `n_samples` images
     generated from the captions of fresh random crops of the training photos (the distribution every stage learned;
     the crops are not in the manifest) and those crops, in two feature spaces (`feature_extractor`'s, and the
-    penultimate layer of the CNNSpot checkpoint fitted with `seed`: texture-sensitive), intra-prompt diversity over `per_prompt` samples of
-    `n_prompts` of the captions, and the share of samples each frozen judge (registry detectors fitted with `seed`)
-    calls real with its 95 % Wilson interval over the generated images. Returns (one row per stage, {"samples":
-    {stage: images}, "reference": crops, "prompts", "info"})."""
+    penultimate layer of the CNNSpot checkpoint fitted with `seed`: texture-sensitive), intra-prompt diversity over
+    `per_prompt` samples of `n_prompts` of the captions, and the share of samples each frozen judge (registry
+    detectors fitted with `seed`) calls real with its 95 % Wilson interval over the generated images. Returns (one
+    row per stage, {"samples": {stage: images}, "reference": crops, "prompts", "info"})."""
     p, progress = wb.p, wb.progress
     g = p.geneval
     feat_name, features = feature_extractor(p, wb.run_dir, progress)
     crops, meta = random_crops(p.data.split_photos["train"], g.n_samples, p.data.resolution, p.data.crop_scales,
                                np.random.default_rng([p.seed, 4242]))
-    cnnspot = wb.fitted("cnnspot", seed=seed, progress=False)
+    judges = {name: wb.fitted(name, seed=seed, progress=False) for name in g.judges}
+    cnnspot = judges.get("cnnspot") or wb.fitted("cnnspot", seed=seed, progress=False)
     spaces = {"FID-style": features, "FID-style, CNNSpot features": cnnspot.features}
     real_feats = {col: f(crops) for col, f in spaces.items()}
     prompts = [caption_for(m["source"], m["scale"]) for m in meta]
     diverse = list(dict.fromkeys(prompts))[:g.n_prompts]
     lpips = LPIPSDistance("vgg")
-    judges = {name: wb.fitted(name, seed=seed, progress=False) for name in g.judges}
     rows, samples = [], {}
     for stage, ug in tqdm(models.items(), desc="generation metrics", disable=not progress):
         gen = np.concatenate([ug.generate(prompts[i:i + 64], seeds=range(i, min(i + 64, g.n_samples)))

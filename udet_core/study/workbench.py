@@ -123,7 +123,7 @@ class Workbench:
         sizes = self.data.setdefault("input_px", {})
         if name not in sizes:
             if self.source.policy == "center-crop" and "smallest_side" not in self.data:
-                self.data["smallest_side"] = ImageDataset(self.df, self.p.data.resolution).smallest_side()
+                self.data["smallest_side"] = ImageDataset(self.df, self.p.data.resolution).smallest_side(self.progress)
             size, why = input_size(detector_class(name), self.p, on_udet_mini=False, set_by_user=False,
                                    smallest_side=self.data.get("smallest_side"))
             if size != self.p.data.resolution:

@@ -27,7 +27,9 @@ def standin_profile(p: Profile) -> Profile:
     data at its own input size (`methods.base.input_size`) starts from the profile's stand-ins all the same: their
     VAEs and UNets are convolutional (any multiple of 8) and the unified model resizes to its own ViT input."""
     named = PROFILES[p.name]().data.resolution if p.name in PROFILES else p.data.resolution
-    return p if p.data.resolution == named else dataclasses.replace(p, data=dataclasses.replace(p.data, resolution=named))
+    if p.data.resolution == named:
+        return p
+    return dataclasses.replace(p, data=dataclasses.replace(p.data, resolution=named))
 
 
 def default_weights(p: Profile, run_dir, names=WEIGHT_NAMES) -> Weights:
